@@ -1,0 +1,100 @@
+"""The ``symbn`` command line: ``symbn derive ...`` and ``symbn list``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import spec as specs
+from .expr import ExpressionError
+from .graph import GraphError
+
+USAGE_ERRORS = (specs.SpecError, ExpressionError, GraphError)
+
+
+def _axes(text: str) -> tuple[int, ...]:
+    text = text.strip()
+    if text.lower() in ("", "none", "()"):
+        return ()
+    try:
+        return tuple(int(a) for a in text.strip("()").split(",") if a.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated axis numbers such as 0,2,3; got {text!r}")
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", metavar="PRESET_OR_EXPR",
+                   help=f"a preset ({', '.join(specs.PRESETS)}) or a forward expression such as "
+                        f"'gamma*x/sqrt(mean(x**2) + eps)'")
+    p.add_argument("--layout", choices=list(specs.LAYOUTS), help="input layout for a preset (or with --like)")
+    p.add_argument("--like", choices=list(specs.PRESETS), help="take an expression's axes from this preset")
+    p.add_argument("--axes", type=_axes, help="explicit axes to reduce, e.g. 0,2")
+    p.add_argument("--param-axes", type=_axes, help="axes gamma and beta span, e.g. 1 (or 'none')")
+    p.add_argument("--ndim", type=int, help="input rank with explicit axes (default: largest axis + 1)")
+    p.add_argument("--channel-axis", type=int, help="the axis --groups splits, with explicit axes")
+    p.add_argument("--groups", type=int, help="split the channel axis into G groups (group norm)")
+    p.add_argument("--eps", type=float, default=1e-5, help="added to the variance (default 1e-5)")
+    p.add_argument("--ddof", type=int, default=0, choices=(0, 1), help="1 divides central moments by M-1")
+    p.add_argument("--no-center", action="store_true", help="no beta (shift)")
+    p.add_argument("--no-scale", action="store_true", help="no gamma (scale)")
+    p.add_argument("--running", choices=list(specs.RUNNING), default="pytorch",
+                   help="running-statistics convention (default pytorch)")
+    p.add_argument("--momentum", type=float, help="default 0.1 for pytorch, 0.99 for keras")
+
+
+def spec_from_args(a: argparse.Namespace) -> specs.Spec:
+    options = dict(eps=a.eps, ddof=a.ddof, running=a.running,
+                   momentum=specs.RUNNING[a.running] if a.momentum is None else a.momentum)
+    if a.no_center:
+        options["center"] = False
+    if a.no_scale:
+        options["scale"] = False
+    return specs.make(a.what, layout=a.layout, like=a.like, axes=a.axes, param_axes=a.param_axes, ndim=a.ndim,
+                      groups=a.groups, channel_axis=a.channel_axis, **options)
+
+
+def cmd_derive(a: argparse.Namespace) -> int:
+    from .derive import derive
+    from .report import render
+
+    d = derive(spec_from_args(a))
+    sys.stdout.write(render(d))
+    if a.prove:
+        from .verify import prove_all
+
+        print("\nproof (brute-force Jacobian of the expanded forward, exact rational inputs)")
+        for proof in prove_all(d):
+            print(f"  {proof}")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from .report import list_text
+
+    sys.stdout.write(list_text())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="symbn", description="Derive normalization layers symbolically.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("derive", help="print the forward graph and the derived backward of a normalization")
+    add_spec_arguments(d)
+    d.add_argument("--prove", action="store_true", help="also prove both backward forms at M = 2, 3, 4")
+    d.set_defaults(run=cmd_derive)
+    ls = sub.add_parser("list", help="show the presets and layouts")
+    ls.set_defaults(run=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        return args.run(args)
+    except USAGE_ERRORS as err:
+        p.exit(2, f"symbn: error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Reverse mode over the forward graph, and the rewrites that turn its result into the compact backward.
+
+Two rules do all the differentiation (SymPy supplies the local derivatives):
+
+* elementwise node ``e = f(a, s)``: ``da += de * df/da`` element by element, and a statistic operand gets
+  ``ds += rsum(de * df/ds)``;
+* reduction ``s = rsum(a)/D``: ``da += ds / D``.
+
+The compact form then comes from generic rewrites, never from a formula typed in: inline the staged adjoints, write
+every node in x and the statistics, pull factors that are constant over a reduction set out of the sums, replace sums
+that the forward's own statistics define (sum(x) = M*mu, ...), and change to the normalized coordinate xhat.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import sympy
+
+from . import graph as graphs
+from .graph import ELEM, REDUCE, Graph, Node
+from .spec import Spec
+from .symbols import BETA, DY, GAMMA, M, MOMENTUM, X, XHAT, psum, rsum, sym
+
+DX, DGAMMA, DBETA = sym("dx"), sym("dgamma"), sym("dbeta")
+
+Program = tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What one forward step hands back to one operand: the local derivative and the adjoint term it makes."""
+
+    target: sympy.Symbol
+    partial: sympy.Expr
+    value: sympy.Expr
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the staged backward: a forward node, its (complete) adjoint, and what it passes on."""
+
+    node: Node
+    adjoint: sympy.Symbol
+    value: sympy.Expr | None  # None for the output, whose adjoint dy is given
+    contributions: tuple[Contribution, ...]
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """Everything derived for one spec. Programs are ordered assignments; rsum/psum are the two reductions."""
+
+    spec: Spec
+    graph: Graph
+    steps: tuple[Step, ...]
+    staged: Program  # adjoint of every node, then dx, dgamma, dbeta
+    coordinates: Program  # xhat and the inverse scale, in x and the statistics
+    reductions: Program  # named reductions the compact backward needs, e.g. sum_dy = rsum(dy)
+    compact: Program  # dx, dgamma, dbeta in terms of the names above
+    eval_mode: Program  # dx, dgamma, dbeta with the statistics held constant (running statistics)
+    running: Program  # running-statistic updates, one per reduction node
+    primal: bool  # True when no affine normalized coordinate exists and the compact form stays in x
+
+    def output(self, program: Program, symbol: sympy.Symbol) -> sympy.Expr:
+        return dict(program)[symbol]
+
+    @property
+    def dx(self) -> sympy.Expr:
+        return self.output(self.compact, DX)
+
+    @property
+    def op_counts(self) -> dict[str, dict[str, int]]:
+        """Operations per element and per statistic, and how many reductions, for forward and compact backward."""
+        fwd = {"per_element": 0, "per_statistic": 0, "reductions": 0}
+        for n in self.graph.nodes:
+            key = "reductions" if n.kind == REDUCE else "per_element" if n.kind == ELEM else "per_statistic"
+            fwd[key] += 1 if n.kind == REDUCE else _ops(n.expr)
+        bwd = {"per_element": sum(_ops(e.args[0]) + 1 for _, e in self.reductions) + _ops(self.dx),
+               "per_statistic": 0, "reductions": len(self.reductions)}
+        bwd["param_reductions"] = sum(1 for s, _ in self.compact if s in (DGAMMA, DBETA))
+        return {"forward": fwd, "backward": bwd}
+
+    @property
+    def latex(self) -> dict[str, str]:
+        """Every derived expression as LaTeX, keyed by the name it is assigned to."""
+        from .printers import latex
+
+        out = {n.name: latex(n.expr) for n in self.graph.nodes}
+        for program in (self.staged, self.coordinates, self.reductions, self.compact, self.running):
+            out.update({s.name: latex(e) for s, e in program})
+        out.update({"eval_" + s.name: latex(e) for s, e in self.eval_mode})
+        return out
+
+
+def derive(spec: Spec) -> Derivation:
+    """Derive staged and compact backward, eval-mode backward and running updates for *spec* (cached)."""
+    return Derivation(spec, **_derive(spec.tree, spec.expression, spec.center, spec.scale, spec.ddof,
+                                      spec.param_varies, spec.running))
+
+
+@functools.lru_cache(maxsize=None)
+def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
+    g = graphs.build(tree, text=text, center=center, scale=scale, ddof=ddof)
+    steps, staged = _reverse(g)
+    varying = {X, DY} | ({GAMMA, BETA} if param_varies else set())
+    base = g.base()
+    rules = _identities(g, base, varying)
+
+    u = base[g.output.symbol].xreplace({GAMMA: 1, BETA: 0})
+    scale_expr = sympy.diff(u, X)
+    primal = scale_expr.has(X) or scale_expr == 0
+    coords: list[tuple[sympy.Symbol, sympy.Expr]] = []
+    to_coords: dict = {}
+    if not primal:
+        xhat = _coordinate_symbol(g, base, u)
+        inv = scale_expr if scale_expr.is_Symbol else sym("a", **graphs._sign(scale_expr, graphs.STAT))
+        if inv != scale_expr:
+            coords.append((inv, scale_expr))
+        coords.append((xhat, u))
+        offset = sympy.expand(u - scale_expr * X)
+        to_coords = {X: (xhat - offset.subs(scale_expr, inv)) / inv}
+        varying = (varying - {X}) | {xhat}
+    exposed = {o for n in g.nodes if n.kind == ELEM for o in n.operands if g.node(o) and g.node(o).kind != ELEM}
+    for stat in sorted(exposed, key=lambda s: s.name):
+        to_coords |= _eliminate(g, stat)
+
+    def finish(e: sympy.Expr, reduce_over_set: bool = True) -> sympy.Expr:
+        e = e.subs(scale_expr, inv) if coords and inv != scale_expr else e
+        e = e.xreplace(to_coords)
+        if reduce_over_set:
+            return _pull(e, varying)
+        return e.replace(lambda a: isinstance(a, psum), lambda a: psum(sympy.factor(sympy.expand(a.args[0]))))
+
+    env: dict = {}
+    for s, e in staged:
+        env[s] = e.xreplace(env)
+    dx = finish(_pull(env[DX].xreplace(base), varying | {X}).xreplace(rules))
+    dx, reductions = _name_reductions(sympy.expand(dx))
+    compact = [(DX, _tidy(dx))]
+    eval_mode = [(DX, _tidy(finish(DY * sympy.diff(base[g.output.symbol], X))))]
+    for leaf, d in ((GAMMA, DGAMMA), (BETA, DBETA)):
+        if leaf in g.leaves:
+            compact.append((d, finish(env[d].xreplace(base), reduce_over_set=False)))
+            eval_mode.append((d, finish(psum(DY * sympy.diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
+    return dict(graph=g, steps=steps, staged=staged, coordinates=tuple(coords), reductions=reductions,
+                compact=tuple(compact), eval_mode=tuple(eval_mode), running=_running(g, ddof, running),
+                primal=primal)
+
+
+def _reverse(g: Graph) -> tuple[tuple[Step, ...], Program]:
+    """Staged reverse mode: one step per forward node, last node first."""
+    level = {X: ELEM, GAMMA: ELEM, BETA: ELEM} | {n.symbol: n.kind for n in g.nodes}
+    adjoint = {n.symbol: sym("d" + n.name) for n in g.nodes} | {X: DX, GAMMA: DGAMMA, BETA: DBETA}
+    adjoint[g.output.symbol] = DY
+    pending: dict[sympy.Symbol, list[sympy.Expr]] = {}
+    steps, program = [], []
+    for node in reversed(g.nodes):
+        d = adjoint[node.symbol]
+        value = None if node is g.output else sympy.Add(*pending.pop(node.symbol))
+        if value is not None:
+            program.append((d, value))
+        contributions = []
+        for operand in node.operands:
+            if node.kind == REDUCE:
+                partial = sympy.diff(node.expr.xreplace({rsum(operand): operand}), operand)
+                term = d * partial
+            else:
+                partial = sympy.diff(node.expr, operand).subs(node.expr, node.symbol)
+                term = d * partial
+                if node.kind == ELEM and level[operand] != ELEM:
+                    term = rsum(term)
+            pending.setdefault(operand, []).append(term)
+            contributions.append(Contribution(operand, partial, term))
+        steps.append(Step(node, d, value, tuple(contributions)))
+    program.append((DX, sympy.Add(*pending.get(X, []))))
+    for leaf in (GAMMA, BETA):
+        if leaf in g.leaves:
+            program.append((adjoint[leaf], psum(sympy.Add(*pending[leaf]))))
+    return tuple(steps), tuple(program)
+
+
+def _varies(e: sympy.Expr, varying: set) -> bool:
+    sums = e.atoms(rsum, psum)
+    masked = e.xreplace({s: sympy.Dummy() for s in sums}) if sums else e
+    return bool(masked.free_symbols & varying)
+
+
+def _pull(e: sympy.Expr, varying: set) -> sympy.Expr:
+    """rsum(c*v + ...) -> c*rsum(v) + ... for every factor c that is constant over the set; rsum(1) -> M."""
+
+    def split(arg: sympy.Expr) -> sympy.Expr:
+        out = []
+        for term in sympy.Add.make_args(sympy.expand(arg)):
+            const, var = [], []
+            for f in sympy.Mul.make_args(term):
+                (var if _varies(f, varying) else const).append(f)
+            v = sympy.Mul(*var)
+            out.append(sympy.Mul(*const) * (M if v == 1 else rsum(v)))
+        return sympy.Add(*out)
+
+    return e.replace(lambda a: isinstance(a, rsum), lambda a: split(a.args[0]))
+
+
+def _identities(g: Graph, base: dict, varying: set) -> dict:
+    """Sums the forward defines: mean(x) = mu gives rsum(x) = M*mu; mean((x-mu)**2) = var gives rsum(x**2) = ..."""
+    rules: dict = {}
+    for r in g.reductions:
+        (arg,) = r.operands
+        denominator = sympy.simplify(rsum(arg) / r.expr)
+        total = sympy.expand(_pull(rsum(base.get(arg, arg)), varying).xreplace(rules))
+        new = sorted(total.atoms(rsum) - set(rules), key=lambda a: (sympy.count_ops(a), sympy.default_sort_key(a)))
+        if not new:
+            continue
+        lead, hole = new[-1], sympy.Dummy()
+        linear = total.xreplace({lead: hole})
+        coeff = sympy.diff(linear, hole)
+        rest = linear.xreplace({hole: 0})
+        rules[lead] = sympy.expand((denominator * r.symbol - rest) / coeff)
+    return rules
+
+
+def _coordinate_symbol(g: Graph, base: dict, u: sympy.Expr) -> sympy.Symbol:
+    node = next((n for n in g.nodes if n.name == "xhat"), None)
+    if node is None:
+        return XHAT
+    return node.symbol if sympy.expand(base[node.symbol] - u) == 0 else sym("u")
+
+
+def _eliminate(g: Graph, inv: sympy.Symbol) -> dict:
+    """Walk from the inverse scale down its chain of statistics (istd = 1/std, std = sqrt(var + eps)), inverting
+    each step, so every statistic on the chain is written in the inverse scale: std = 1/istd, var = 1/istd**2 - eps."""
+    out: dict = {}
+    node = g.node(inv)
+    while node is not None and node.kind == graphs.STAT:
+        stats = [o for o in node.operands if g.node(o) is not None]
+        if len(stats) != 1:
+            break
+        (operand,) = stats
+        solutions = sympy.solve(sympy.Eq(node.symbol, node.expr), operand)
+        if len(solutions) != 1:
+            break
+        out[operand] = solutions[0].xreplace(out)
+        node = g.node(operand)
+    return out
+
+
+def _name_reductions(dx: sympy.Expr) -> tuple[sympy.Expr, Program]:
+    """sum(dy*xhat) becomes the symbol sum_dy_xhat, and so on, in a deterministic order."""
+    named = []
+    for s in sorted(dx.atoms(rsum), key=lambda a: (sympy.count_ops(a), sympy.default_sort_key(a))):
+        parts = []
+        for f in sorted(sympy.Mul.make_args(s.args[0]), key=sympy.default_sort_key):
+            b, e = f.as_base_exp()
+            parts.append(f"{b}{e}" if b.is_Symbol and e != 1 else re.sub(r"\W+", "_", str(f)).strip("_"))
+        named.append((sym("sum_" + "_".join(parts)), s))
+    return dx.xreplace({s: n for n, s in named}), tuple(named)
+
+
+def _tidy(e: sympy.Expr) -> sympy.Expr:
+    """The shorter of the fully factored form and 'common factor / M * (...)' (which keeps M/(M-1) visible)."""
+    candidates = [sympy.factor(e), sympy.factor_terms(sympy.expand(M * e)) / M]
+    return min(candidates, key=sympy.count_ops)
+
+
+def _running(g: Graph, ddof: int, convention: str) -> Program:
+    """r <- (1-m) r + m s (PyTorch, central moments corrected by M/(M-1)) or r <- m r + (1-m) s (Keras)."""
+    out = []
+    for r in g.reductions:
+        running = sym("running_" + r.name)
+        if convention == "pytorch":
+            value = r.symbol * (M / (M - 1) if r.central and ddof == 0 else 1)
+            out.append((running, (1 - MOMENTUM) * running + MOMENTUM * value))
+        else:
+            out.append((running, MOMENTUM * running + (1 - MOMENTUM) * r.symbol))
+    return tuple(out)
+
+
+def _ops(e: sympy.Expr) -> int:
+    return int(sympy.count_ops(e))

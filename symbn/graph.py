@@ -1,0 +1,242 @@
+"""The forward graph: an ordered list of elementwise, per-statistic and reduction nodes.
+
+Every operation of the expression becomes one node, so the staged backward has one step per operation (nine for
+batch norm). Two things are fused instead: constants (numbers, eps) and a constant offset such as ``var + eps``,
+which goes into the node that consumes it (``std = sqrt(var + eps)``). Identical subexpressions share one node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from .symbols import BETA, EPS, GAMMA, M, RESERVED, X, rsum, sym
+
+ELEM, STAT, REDUCE = "elem", "stat", "reduce"
+
+
+class GraphError(ValueError):
+    """An expression that parses but is not a normalization."""
+
+    def __init__(self, text: str, problem: str):
+        super().__init__(f"expression {text!r}: {problem}")
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    symbol: sympy.Symbol
+    expr: sympy.Expr  # in operand symbols; a reduction is rsum(a)/D
+    kind: str  # ELEM (varies per element), STAT (one value per statistic) or REDUCE (a statistic)
+    op: str  # what the step does, for people: "mean", "subtract", "square", "reciprocal", ...
+    operands: tuple[sympy.Symbol, ...]
+    central: bool = False  # a mean of an expression that itself depends on a statistic: divided by M - ddof
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Node, ...]
+    leaves: tuple[sympy.Symbol, ...]  # x, and gamma/beta where switched on
+
+    @property
+    def output(self) -> Node:
+        return self.nodes[-1]
+
+    @property
+    def reductions(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.kind == REDUCE)
+
+    def node(self, symbol: sympy.Symbol) -> Node | None:
+        return next((n for n in self.nodes if n.symbol == symbol), None)
+
+    def base(self) -> dict[sympy.Symbol, sympy.Expr]:
+        """Each elementwise node written in x, gamma, beta and per-statistic node symbols (which stay symbols, so
+        that relations such as istd = 1/std can be inverted later instead of hidden inside radicals)."""
+        out: dict[sympy.Symbol, sympy.Expr] = {}
+        for n in self.nodes:
+            if n.kind == ELEM:
+                out[n.symbol] = n.expr.xreplace(out)
+        return out
+
+
+def build(tree: tuple, *, text: str, center: bool, scale: bool, ddof: int) -> Graph:
+    """Lower a parsed expression tree into a graph; beta (gamma) is replaced by 0 (1) when center (scale) is off."""
+    builder = _Builder(text, center=center, scale=scale, ddof=ddof)
+    root = builder.visit(tree)
+    if builder.level(root) != ELEM or not builder.depends(root, X):
+        raise GraphError(text, "the output must vary with x element by element")
+    nodes = builder.output(root)
+    if not any(n.kind == REDUCE for n in nodes):
+        raise GraphError(text, "a normalization needs at least one mean() or sum() over x")
+    if ddof and not any(n.central for n in nodes):
+        raise GraphError(text, "ddof=1 needs a central moment such as mean((x - mean(x))**2); there is none")
+    leaves = tuple(s for s in (X, GAMMA, BETA) if builder.depends(root, s))
+    return Graph(nodes, leaves)
+
+
+class _Builder:
+    def __init__(self, text: str, *, center: bool, scale: bool, ddof: int):
+        self.text, self.center, self.scale, self.ddof = text, center, scale, ddof
+        self.nodes: list[Node] = []
+        self.by_expr: dict[sympy.Expr, Node] = {}
+        self.by_symbol: dict[sympy.Symbol, Node] = {}
+
+    # --- queries -------------------------------------------------------------------------------------------
+    def level(self, e: sympy.Expr) -> str | None:
+        """ELEM if e varies per element, STAT if it is one value per statistic, None if constant."""
+        found = None
+        for s in e.free_symbols:
+            if s in (X, GAMMA, BETA) or (s in self.by_symbol and self.by_symbol[s].kind == ELEM):
+                return ELEM
+            if s in self.by_symbol:
+                found = STAT
+        return found
+
+    def depends(self, e: sympy.Expr, target: sympy.Symbol) -> bool:
+        for s in e.free_symbols:
+            if s == target or (s in self.by_symbol and self.depends(self.by_symbol[s].expr, target)):
+                return True
+        return False
+
+    def central(self, e: sympy.Expr) -> bool:
+        return any(s in self.by_symbol and (self.by_symbol[s].kind == REDUCE or self.central(self.by_symbol[s].expr))
+                   for s in e.free_symbols)
+
+    # --- building --------------------------------------------------------------------------------------------
+    def visit(self, tree: tuple) -> sympy.Expr:
+        """A constant, a symbol, or symbol + constant (an offset, fused into its consumer)."""
+        kind = tree[0]
+        if kind == "x":
+            return X
+        if kind == "gamma":
+            return GAMMA if self.scale else sympy.Integer(1)
+        if kind == "beta":
+            return BETA if self.center else sympy.Integer(0)
+        if kind == "eps":
+            return EPS
+        if kind == "num":
+            return tree[1]
+        if kind == "call" and tree[1] in ("mean", "sum"):
+            return self.reduction(tree[1], self.visit(tree[2]))
+        args = [self.visit(t) for t in tree[1:] if isinstance(t, tuple)]
+        if all(self.level(a) is None for a in args):
+            return _apply(tree, args)
+        if kind in ("add", "sub") and any(self.level(a) is None for a in args):
+            other = next(a for a in args if self.level(a) is not None)
+            if other.is_Symbol:
+                return _apply(tree, args)
+        if kind == "div":
+            num, den = args
+            if self.level(den) is not None:
+                inv = self.materialize(1 / den, "reciprocal")
+                return inv if num == 1 else self.materialize(num * inv, "multiply")
+        return self.materialize(_apply(tree, args), _OPS.get(tree[1] if kind == "call" else kind, kind))
+
+    def reduction(self, fn: str, arg: sympy.Expr) -> sympy.Symbol:
+        if self.level(arg) != ELEM:
+            raise GraphError(self.text, f"{fn}() must be taken of an expression that varies with x")
+        if self.depends(arg, GAMMA) or self.depends(arg, BETA):
+            raise GraphError(self.text, f"gamma and beta may not appear inside {fn}(): statistics depend on x only")
+        if not arg.is_Symbol:
+            arg = self.materialize(arg, "offset")
+        central = fn == "mean" and self.central(arg)
+        denominator = 1 if fn == "sum" else (M - self.ddof if central else M)
+        return self.materialize(rsum(arg) / denominator, fn, central=central)
+
+    def materialize(self, e: sympy.Expr, op: str, central: bool = False) -> sympy.Symbol:
+        if e.is_Symbol:
+            return e
+        if e in self.by_expr:
+            return self.by_expr[e].symbol
+        operands = tuple(sorted((s for s in e.free_symbols if s not in (EPS, M)), key=lambda s: s.name))
+        kind = REDUCE if op in ("mean", "sum") else self.level(e)
+        name = self.fresh(_name(op, e, [self.by_symbol[s].name if s in self.by_symbol else s.name for s in operands],
+                                [self.by_symbol.get(s) for s in operands]))
+        node = Node(name, sym(name, **_sign(e, kind)), e, kind, op, operands, central)
+        self.nodes.append(node)
+        self.by_expr[e] = node
+        self.by_symbol[node.symbol] = node
+        return node.symbol
+
+    def output(self, root: sympy.Expr) -> tuple[Node, ...]:
+        """The nodes the output needs, in order, the last one renamed y (dead branches such as 0*f(x) dropped)."""
+        if not root.is_Symbol or root not in self.by_symbol:
+            root = self.materialize(root, "output")
+        needed, stack = set(), [root]
+        while stack:
+            s = stack.pop()
+            if s in self.by_symbol and s not in needed:
+                needed.add(s)
+                stack.extend(self.by_symbol[s].operands)
+        nodes = [n for n in self.nodes if n.symbol in needed]
+        last = nodes[-1]
+        nodes[-1] = Node("y", sym("y", **_sign(last.expr, last.kind)), last.expr, last.kind, last.op, last.operands, last.central)
+        return tuple(nodes)
+
+    def fresh(self, name: str) -> str:
+        taken = RESERVED | {n.name for n in self.nodes} | {"y"}
+        if name not in taken:
+            return name
+        k = 2
+        while f"{name}{k}" in taken:
+            k += 1
+        return f"{name}{k}"
+
+
+def _sign(e: sympy.Expr, kind: str) -> dict[str, bool]:
+    """Assumptions that let SymPy simplify, e.g. sqrt(var + eps) > 0 because var is a mean of squares."""
+    if kind == REDUCE:
+        e = e.xreplace({a: a.args[0] for a in e.atoms(rsum)})
+    if e.is_positive:
+        return {"positive": True}
+    return {"nonnegative": True} if e.is_nonnegative else {}
+
+
+_OPS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "pow": "power", "neg": "negate",
+        "sqrt": "sqrt", "exp": "exp", "log": "log", "abs": "abs"}
+
+
+def _apply(tree: tuple, args: list[sympy.Expr]) -> sympy.Expr:
+    kind = tree[0]
+    if kind == "add":
+        return args[0] + args[1]
+    if kind == "sub":
+        return args[0] - args[1]
+    if kind == "mul":
+        return args[0] * args[1]
+    if kind == "div":
+        return args[0] / args[1]
+    if kind == "pow":
+        return args[0] ** args[1]
+    if kind == "neg":
+        return -args[0]
+    return {"sqrt": sympy.sqrt, "exp": sympy.exp, "log": sympy.log, "abs": sympy.Abs}[tree[1]](args[0])
+
+
+def _name(op: str, e: sympy.Expr, names: list[str], nodes: list[Node | None]) -> str:
+    """Readable names for the usual steps (mu, xc, sq, var, std, istd, xhat); 't' otherwise."""
+    if op in ("mean", "sum"):
+        (arg,) = names
+        if arg == "x":
+            return "mu" if op == "mean" else "sx"
+        if arg.startswith("sq") and nodes[0] is not None:
+            centred = any(s.name.startswith("xc") for s in nodes[0].operands)
+            if op == "sum":
+                return "ss"
+            return "var" if centred else "ms"
+        return "m" if op == "mean" else "s"
+    if op == "subtract" and "x" in names and len(names) == 2:
+        return "xc"
+    if op == "power" and e.is_Pow and e.exp == 2:
+        return "sq"
+    if op == "sqrt":
+        return {"var": "std", "ms": "rms"}.get(names[0] if names else "", "sd")
+    if op == "reciprocal":
+        return "i" + names[0] if names and names[0] in ("std", "rms", "sd") else "inv"
+    scales = [n for n in names if n.startswith("inv") or n in ("istd", "irms", "isd")]
+    if op == "multiply" and scales and [n for n in names if n not in scales][0] in ("x", "xc"):
+        return "xhat"
+    if op == "multiply" and "gamma" in names:
+        return "scaled"
+    return "t"

@@ -1,0 +1,301 @@
+"""A normalization as data: forward expression, reduced axes, parameter axes and options.
+
+Presets (batch, layer, instance, group, rms) are rows of a table; nothing below them knows their names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field, replace
+
+from . import expr
+
+CENTRED = "(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps)"
+RMS = "x/sqrt(mean(x**2) + eps)"
+
+
+@dataclass(frozen=True)
+class Layout:
+    batch: int
+    channel: int
+    spatial: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return 2 + len(self.spatial)
+
+
+LAYOUTS = {
+    "NC": Layout(0, 1, ()),
+    "NCL": Layout(0, 1, (2,)),
+    "NCHW": Layout(0, 1, (2, 3)),
+    "NHWC": Layout(0, 3, (1, 2)),
+    "NCDHW": Layout(0, 1, (2, 3, 4)),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    core: str
+    reduce: tuple[str, ...]  # roles of the reduced axes: "batch", "channel", "spatial"
+    params: str  # "channel": one parameter per channel; "reduced": parameters span the normalized shape
+    grouped: bool = False
+    center: bool = True
+    summary: str = ""
+
+
+PRESETS = {
+    "batch": Preset(CENTRED, ("batch", "spatial"), "channel", summary="statistics per channel over batch and space"),
+    "layer": Preset(CENTRED, ("channel", "spatial"), "reduced", summary="statistics per sample; affine over the normalized shape"),
+    "instance": Preset(CENTRED, ("spatial",), "channel", summary="statistics per sample and channel over space"),
+    "group": Preset(CENTRED, ("channel", "spatial"), "channel", grouped=True, summary="statistics per sample and group of channels"),
+    "rms": Preset(RMS, ("channel", "spatial"), "reduced", center=False, summary="root mean square per sample, no centring; gamma only"),
+}
+
+RUNNING = {"pytorch": 0.1, "keras": 0.99}
+
+
+class SpecError(ValueError):
+    """An invalid normalization spec; the message names the field, the value given and what is allowed."""
+
+    def __init__(self, field_name: str, given, expected: str):
+        super().__init__(f"{field_name}: got {given!r}; expected {expected}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A normalization: ``expression`` over one element ``x``, reduced over ``reduce_axes`` of an ``ndim`` input.
+
+    ``groups`` splits ``channel_axis`` (which must be reduced) into that many groups, each reduced separately.
+    ``param_axes`` are the axes gamma and beta span. ``center``/``scale`` switch beta/gamma on or off;
+    ``ddof`` divides central moments by M - ddof; ``running`` picks the running-statistics convention.
+    """
+
+    expression: str
+    ndim: int
+    reduce_axes: tuple[int, ...]
+    param_axes: tuple[int, ...]
+    groups: int | None = None
+    channel_axis: int | None = None
+    eps: float = 1e-5
+    center: bool = True
+    scale: bool = True
+    ddof: int = 0
+    running: str = "pytorch"
+    momentum: float = 0.1
+    layout: str | None = None
+    preset: str | None = None
+    tree: tuple = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        _validate(self)
+
+    @property
+    def name(self) -> str:
+        """A canonical identifier: preset and layout when there are any, a hash of the expression otherwise."""
+        base = self.preset or "custom_" + _digest(expr.to_text(self.tree))[:8]
+        if self.groups and self.preset:
+            base += str(self.groups)
+        if self.layout:
+            where = self.layout.lower()
+        else:
+            where = "r" + "".join(map(str, self.reduce_axes)) + "_p" + "".join(map(str, self.param_axes))
+            where += f"_nd{self.ndim}" + (f"_g{self.groups}c{self.channel_axis}" if self.groups else "")
+        parts = [base, where]
+        if self.ddof:
+            parts.append(f"ddof{self.ddof}")
+        if self.preset:
+            default_center = PRESETS[self.preset].center
+            if self.center != default_center:
+                parts.append("center" if self.center else "nocenter")
+            if not self.scale:
+                parts.append("noscale")
+        if self.running != "pytorch":
+            parts.append(self.running)
+        return "_".join(parts)
+
+    @property
+    def param_varies(self) -> bool:
+        """Whether gamma/beta can take different values inside one reduction set."""
+        return bool(set(self.param_axes) & set(self.reduce_axes))
+
+    def digest(self) -> str:
+        """A hash of everything that determines derived and generated output."""
+        fields = (expr.to_text(self.tree), self.ndim, self.reduce_axes, self.param_axes, self.groups,
+                  self.channel_axis, repr(self.eps), self.center, self.scale, self.ddof, self.running,
+                  repr(self.momentum), self.layout, self.preset)
+        return _digest(repr(fields))
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise SpecError unless *shape* fits this spec (rank, group count dividing the channels)."""
+        shape = tuple(shape)
+        if len(shape) != self.ndim:
+            raise SpecError("shape", shape, f"{self.ndim} dimensions" + (f" ({self.layout})" if self.layout else ""))
+        if any(not isinstance(n, int) or n < 1 for n in shape):
+            raise SpecError("shape", shape, "positive integer sizes")
+        if self.groups and shape[self.channel_axis] % self.groups:
+            raise SpecError("groups", self.groups,
+                            f"a divisor of the channel count {shape[self.channel_axis]} (axis {self.channel_axis})")
+
+    def set_size(self, shape: tuple[int, ...]) -> int:
+        """M: how many elements each statistic sees for an input of *shape*."""
+        self.check_shape(shape)
+        size = math.prod(shape[a] for a in self.reduce_axes)
+        return size // self.groups if self.groups else size
+
+    def with_options(self, **changes) -> Spec:
+        return replace(self, **changes)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _validate(spec: Spec) -> None:
+    tree = expr.parse(spec.expression)
+    object.__setattr__(spec, "tree", tree)
+    if not isinstance(spec.ndim, int) or isinstance(spec.ndim, bool) or not 1 <= spec.ndim <= 8:
+        raise SpecError("ndim", spec.ndim, "an integer from 1 to 8")
+    reduce_axes = _axes("reduce_axes", spec.reduce_axes, spec.ndim)
+    param_axes = _axes("param_axes", spec.param_axes, spec.ndim)
+    if not reduce_axes:
+        raise SpecError("reduce_axes", spec.reduce_axes, "at least one axis to reduce")
+    object.__setattr__(spec, "reduce_axes", reduce_axes)
+    object.__setattr__(spec, "param_axes", param_axes)
+    if spec.groups is not None:
+        if not isinstance(spec.groups, int) or isinstance(spec.groups, bool) or spec.groups < 1:
+            raise SpecError("groups", spec.groups, "a positive integer")
+        if spec.channel_axis not in reduce_axes:
+            raise SpecError("channel_axis", spec.channel_axis,
+                            f"one of the reduced axes {reduce_axes}, to be split into {spec.groups} groups")
+    elif spec.channel_axis is not None and not 0 <= spec.channel_axis < spec.ndim:
+        raise SpecError("channel_axis", spec.channel_axis, f"an axis in [0, {spec.ndim})")
+    overlap = set(param_axes) & set(reduce_axes)
+    # Parameters may vary inside a reduction set only in the two shapes normalizations use: over the whole normalized
+    # shape (layer norm, as in PyTorch) or per channel of a channel axis split into groups (group norm).
+    if overlap and param_axes != reduce_axes and not (spec.groups and overlap == {spec.channel_axis}):
+        raise SpecError("param_axes", param_axes,
+                        f"axes disjoint from reduce_axes {reduce_axes}, or equal to them (layer norm), "
+                        "or the grouped channel axis (group norm); axis "
+                        f"{sorted(overlap)[0]} is both reduced and a parameter axis")
+    if isinstance(spec.eps, bool) or not isinstance(spec.eps, (int, float)) or not (0 < spec.eps < math.inf):
+        raise SpecError("eps", spec.eps, "a finite number > 0")
+    if spec.ddof not in (0, 1) or isinstance(spec.ddof, bool):
+        raise SpecError("ddof", spec.ddof, "0 (biased, as PyTorch, Keras and cs231n) or 1 (unbiased)")
+    if spec.running not in RUNNING:
+        raise SpecError("running", spec.running, f"one of {sorted(RUNNING)}")
+    if isinstance(spec.momentum, bool) or not isinstance(spec.momentum, (int, float)) or not 0 < spec.momentum < 1:
+        raise SpecError("momentum", spec.momentum, "a number strictly between 0 and 1")
+    for flag, leaf in (("center", "beta"), ("scale", "gamma")):
+        if getattr(spec, flag) not in (True, False):
+            raise SpecError(flag, getattr(spec, flag), "True or False")
+        if getattr(spec, flag) and not expr.contains(tree, leaf):
+            raise SpecError(flag, True, f"False: the expression has no {leaf}")
+
+
+def _axes(name: str, axes, ndim: int) -> tuple[int, ...]:
+    if isinstance(axes, int):
+        axes = (axes,)
+    try:
+        axes = tuple(axes)
+    except TypeError:
+        raise SpecError(name, axes, "a sequence of axis numbers") from None
+    out = []
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, int) or not -ndim <= a < ndim:
+            raise SpecError(name, axes, f"axes in [{-ndim}, {ndim}) for a {ndim}-dimensional input")
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise SpecError(name, axes, "no repeated axis")
+    return tuple(sorted(out))
+
+
+def preset(name: str, layout: str | None = None, *, groups: int | None = None, center: bool | None = None,
+           scale: bool = True, **options) -> Spec:
+    """The spec of a preset normalization for a layout, e.g. ``preset("group", "NCHW", groups=4)``."""
+    if name not in PRESETS:
+        raise SpecError("preset", name, f"one of {', '.join(PRESETS)}")
+    row = PRESETS[name]
+    if layout is None:
+        layout = "NCHW" if row.grouped or row.reduce == ("spatial",) else "NC"
+    if layout not in LAYOUTS:
+        raise SpecError("layout", layout, f"one of {', '.join(LAYOUTS)}")
+    where = LAYOUTS[layout]
+    roles = {"batch": (where.batch,), "channel": (where.channel,), "spatial": where.spatial}
+    reduce_axes = tuple(sorted(a for role in row.reduce for a in roles[role]))
+    if not reduce_axes:
+        raise SpecError("layout", layout, f"a layout with spatial axes for {name} norm (one of NCL, NCHW, NHWC, NCDHW)")
+    if row.grouped:
+        if groups is None:
+            raise SpecError("groups", None, "a positive integer number of groups for group norm")
+    elif groups is not None:
+        raise SpecError("groups", groups, f"no groups for {name} norm (only group norm splits channels)")
+    param_axes = (where.channel,) if row.params == "channel" else reduce_axes
+    return Spec(
+        expression=f"gamma*({row.core}) + beta",
+        ndim=where.ndim,
+        reduce_axes=reduce_axes,
+        param_axes=param_axes,
+        groups=groups,
+        channel_axis=where.channel,
+        center=row.center if center is None else center,
+        scale=scale,
+        layout=layout,
+        preset=name,
+        **options,
+    )
+
+
+def custom(expression: str, *, ndim: int, axes, param_axes, groups: int | None = None,
+           channel_axis: int | None = None, center: bool | None = None, scale: bool | None = None,
+           **options) -> Spec:
+    """A spec from a forward expression and explicit axes; center/scale default to whether beta/gamma appear."""
+    tree = expr.parse(expression)
+    return Spec(
+        expression=expression,
+        ndim=ndim,
+        reduce_axes=axes,
+        param_axes=param_axes,
+        groups=groups,
+        channel_axis=channel_axis,
+        center=expr.contains(tree, "beta") if center is None else center,
+        scale=expr.contains(tree, "gamma") if scale is None else scale,
+        **options,
+    )
+
+
+def make(what: str, *, layout: str | None = None, like: str | None = None, axes=None, param_axes=None,
+         ndim: int | None = None, groups: int | None = None, channel_axis: int | None = None, **options) -> Spec:
+    """One entry point for the CLI and the API: a preset name or an expression, with a layout or explicit axes.
+
+    An expression takes its axes from ``axes``/``param_axes`` (and ``ndim``, by default one more than the largest
+    axis), or from the preset ``like`` for ``layout``.
+    """
+    if what in PRESETS:
+        if axes is not None or param_axes is not None or like is not None:
+            raise SpecError("axes", axes, f"no explicit axes with the preset {what!r}: give a layout")
+        return preset(what, layout, groups=groups, **options)
+    if what.isidentifier() and what not in expr.NAMES:
+        raise SpecError("preset", what, f"one of {', '.join(PRESETS)}, or a forward expression such as '{RMS}'")
+    if like is not None:
+        if axes is not None or param_axes is not None:
+            raise SpecError("like", like, "either like= with a layout or explicit axes, not both")
+        base = preset(like, layout, groups=groups)
+        center, scale = options.pop("center", None), options.pop("scale", None)
+        return custom(what, ndim=base.ndim, axes=base.reduce_axes, param_axes=base.param_axes, groups=groups,
+                      channel_axis=base.channel_axis if groups else None, center=center, scale=scale,
+                      **options).with_options(layout=layout or base.layout)
+    if axes is None:
+        raise SpecError("axes", None, "the axes to reduce (or like=PRESET with a layout) for a custom expression")
+    if param_axes is None:
+        raise SpecError("param_axes", None, "the axes gamma and beta span (may be empty) for a custom expression")
+    if layout is not None:
+        raise SpecError("layout", layout, "no layout with explicit axes (or use like=PRESET)")
+    axes_t = (axes,) if isinstance(axes, int) else tuple(axes)
+    params_t = (param_axes,) if isinstance(param_axes, int) else tuple(param_axes)
+    if ndim is None:
+        ndim = max((a for a in axes_t + params_t if isinstance(a, int) and a >= 0), default=0) + 1
+    return custom(what, ndim=ndim, axes=axes_t, param_axes=params_t, groups=groups, channel_axis=channel_axis,
+                  **options)
