@@ -259,9 +259,14 @@ def _name_reductions(dx: sympy.Expr) -> tuple[sympy.Expr, Program]:
 
 
 def _tidy(e: sympy.Expr) -> sympy.Expr:
-    """The shorter of the fully factored form and 'common factor / M * (...)' (which keeps M/(M-1) visible)."""
-    candidates = [sympy.factor(e), sympy.factor_terms(sympy.expand(M * e)) / M]
-    return min(candidates, key=sympy.count_ops)
+    """The shortest of: fully factored; 'common factor / M * (...)' (keeps M/(M-1) visible); collected by the named
+    reductions with each coefficient factored."""
+    sums = sorted((s for s in e.free_symbols if s.name.startswith("sum_")), key=lambda s: s.name)
+    expanded = sympy.expand(e)
+    collected = sympy.collect(expanded, sums, evaluate=False)
+    by_sum = sympy.Add(*(sympy.factor(c) * k for k, c in collected.items()))
+    candidates = [sympy.factor(e), sympy.factor_terms(sympy.expand(M * e)) / M, sympy.factor_terms(by_sum)]
+    return min(candidates, key=lambda c: (sympy.count_ops(c), len(str(c))))
 
 
 def _running(g: Graph, ddof: int, convention: str) -> Program:

@@ -186,8 +186,8 @@ class _Builder:
 
 def _sign(e: sympy.Expr, kind: str) -> dict[str, bool]:
     """Assumptions that let SymPy simplify, e.g. sqrt(var + eps) > 0 because var is a mean of squares."""
-    if kind == REDUCE:
-        e = e.xreplace({a: a.args[0] for a in e.atoms(rsum)})
+    if kind == REDUCE:  # the sign of a mean or sum is the sign of its summand (the count is positive)
+        (e,) = [a.args[0] for a in e.atoms(rsum)]
     if e.is_positive:
         return {"positive": True}
     return {"nonnegative": True} if e.is_nonnegative else {}
