@@ -43,8 +43,7 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(a: argparse.Namespace) -> specs.Spec:
-    options = dict(eps=a.eps, ddof=a.ddof, running=a.running,
-                   momentum=specs.RUNNING[a.running] if a.momentum is None else a.momentum)
+    options = dict(eps=a.eps, ddof=a.ddof, running=a.running, momentum=a.momentum)
     if a.no_center:
         options["center"] = False
     if a.no_scale:

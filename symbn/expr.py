@@ -52,6 +52,8 @@ def parse(text: str) -> tuple:
         module = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
         raise ExpressionError(text, f"not valid syntax ({err.msg})") from None
+    except (UnicodeError, ValueError):  # lone surrogates (undecodable argv bytes), NUL characters
+        raise ExpressionError(text, "it contains characters that are not valid in an expression") from None
     except (RecursionError, MemoryError):
         raise ExpressionError(text, "nested too deeply") from None
     count = sum(1 for _ in ast.walk(module))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import sympy
+from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.pycode import PythonCodePrinter
 
 _LATEX = {
     "x": "x", "y": "y", "gamma": r"\gamma", "beta": r"\beta", "eps": r"\epsilon", "mu": r"\mu",
@@ -33,3 +37,33 @@ def latex_name(name: str) -> str:
 def latex(e: sympy.Expr) -> str:
     names = {s: "{" + latex_name(s.name) + "}" for s in e.free_symbols if isinstance(s, sympy.Symbol)}
     return sympy.latex(e, symbol_names=names)
+
+
+class _NumPyPrinter(NumPyPrinter):
+    """NumPy code that refers to the module as ``np``; rationals print as exact float divisions."""
+
+    _module = "np"
+
+
+class _ScalarPrinter(PythonCodePrinter):
+    """Scalar code for Numba: math.sqrt, math.exp, ...; sign() as copysign."""
+
+
+def numpy_code(e: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:
+    return _NumPyPrinter().doprint(_renamed(e, names)).replace("numpy.", "np.")
+
+
+def scalar_code(e: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:
+    return _ScalarPrinter({"standard": "python3"}).doprint(_renamed(e, names))
+
+
+def _renamed(e: sympy.Expr, names: dict[sympy.Symbol, str]) -> sympy.Expr:
+    return e.xreplace({s: sympy.Symbol(names.get(s, s.name)) for s in e.free_symbols})
+
+
+def cse(exprs: list[sympy.Expr], prefix: str = "c") -> tuple[list[tuple[sympy.Symbol, sympy.Expr]], list[sympy.Expr]]:
+    """Common subexpressions with canonical names (c0, c1, ...), in a deterministic order."""
+    taken = {s.name for e in exprs for s in e.free_symbols}
+    names = (sympy.Symbol(f"{prefix}{k}") for k in itertools.count() if f"{prefix}{k}" not in taken)
+    replacements, reduced = sympy.cse(exprs, symbols=names, optimizations=None, order="canonical")
+    return replacements, reduced

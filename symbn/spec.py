@@ -84,7 +84,7 @@ class Spec:
     scale: bool = True
     ddof: int = 0
     running: str = "pytorch"
-    momentum: float = 0.1
+    momentum: float | None = None  # None: the convention's default (0.1 for pytorch, 0.99 for keras)
     layout: str | None = None
     preset: str | None = None
     tree: tuple = field(default=None, compare=False, repr=False)
@@ -94,26 +94,30 @@ class Spec:
 
     @property
     def name(self) -> str:
-        """A canonical identifier: preset and layout when there are any, a hash of the expression otherwise."""
-        base = self.preset or "custom_" + _digest(expr.to_text(self.tree))[:8]
-        if self.groups and self.preset:
-            base += str(self.groups)
+        """A canonical identifier: preset, groups, layout and any non-default option; custom expressions carry a
+        hash of everything that shapes the derivation, so two different specs never share a name."""
+        if self.preset:
+            parts = [self.preset + (str(self.groups) if self.groups else "")]
+        else:
+            parts = ["custom_" + self.digest(structural=True)[:8]]
         if self.layout:
-            where = self.layout.lower()
+            parts.append(self.layout.lower())
         else:
             where = "r" + "".join(map(str, self.reduce_axes)) + "_p" + "".join(map(str, self.param_axes))
-            where += f"_nd{self.ndim}" + (f"_g{self.groups}c{self.channel_axis}" if self.groups else "")
-        parts = [base, where]
+            parts.append(where + f"_nd{self.ndim}" + (f"_g{self.groups}c{self.channel_axis}" if self.groups else ""))
         if self.ddof:
             parts.append(f"ddof{self.ddof}")
         if self.preset:
-            default_center = PRESETS[self.preset].center
-            if self.center != default_center:
+            if self.center != PRESETS[self.preset].center:
                 parts.append("center" if self.center else "nocenter")
             if not self.scale:
                 parts.append("noscale")
         if self.running != "pytorch":
             parts.append(self.running)
+        if self.eps != 1e-5:
+            parts.append("eps" + _token(self.eps))
+        if self.momentum != RUNNING[self.running]:
+            parts.append("momentum" + _token(self.momentum))
         return "_".join(parts)
 
     @property
@@ -121,11 +125,13 @@ class Spec:
         """Whether gamma/beta can take different values inside one reduction set."""
         return bool(set(self.param_axes) & set(self.reduce_axes))
 
-    def digest(self) -> str:
-        """A hash of everything that determines derived and generated output."""
+    def digest(self, structural: bool = False) -> str:
+        """A hash of everything that determines derived and generated output (*structural*: all but the names,
+        eps and momentum, which the name shows on its own)."""
         fields = (expr.to_text(self.tree), self.ndim, self.reduce_axes, self.param_axes, self.groups,
-                  self.channel_axis, repr(self.eps), self.center, self.scale, self.ddof, self.running,
-                  repr(self.momentum), self.layout, self.preset)
+                  self.channel_axis, self.center, self.scale, self.ddof, self.running)
+        if not structural:
+            fields += (repr(self.eps), repr(self.momentum), self.layout, self.preset)
         return _digest(repr(fields))
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
@@ -147,6 +153,11 @@ class Spec:
 
     def with_options(self, **changes) -> Spec:
         return replace(self, **changes)
+
+
+def _token(value: float) -> str:
+    """1e-3 -> 0p001: a number as part of an identifier."""
+    return f"{value:g}".replace("-", "m").replace(".", "p").replace("+", "")
 
 
 def _digest(text: str) -> str:
@@ -186,6 +197,8 @@ def _validate(spec: Spec) -> None:
         raise SpecError("ddof", spec.ddof, "0 (biased, as PyTorch, Keras and cs231n) or 1 (unbiased)")
     if spec.running not in RUNNING:
         raise SpecError("running", spec.running, f"one of {sorted(RUNNING)}")
+    if spec.momentum is None:
+        object.__setattr__(spec, "momentum", RUNNING.get(spec.running, 0.1))
     if isinstance(spec.momentum, bool) or not isinstance(spec.momentum, (int, float)) or not 0 < spec.momentum < 1:
         raise SpecError("momentum", spec.momentum, "a number strictly between 0 and 1")
     for flag, leaf in (("center", "beta"), ("scale", "gamma")):

@@ -1,0 +1,147 @@
+"""From a derivation to a kernel plan: the block view of the input and the statements of every kernel.
+
+The input is viewed through *blocks*: adjacent axes that are all reduced or all kept, and all inside or all outside
+the parameter axes, are merged (a grouped channel axis becomes a kept block of G and a reduced block of C/G). Batch
+norm NCHW becomes (N | C | H*W) with N and H*W reduced; group norm NHWC becomes (N | H*W | G | C/G). Every layout is
+then one loop nest over kept blocks (one statistic each) around loops over reduced blocks, the last block
+innermost, which is the contiguous one. The plan holds SymPy expressions; printers turn them into code per backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from .derive import DX, Derivation
+from .graph import ELEM, REDUCE
+from .symbols import BETA, EPS, GAMMA, M, rsum
+
+
+@dataclass(frozen=True)
+class Block:
+    axes: tuple[int, ...]  # axes of the input merged into this block
+    split: str | None  # "groups" or "within" when the block is a part of the grouped channel axis
+    reduced: bool
+    param: bool
+
+
+@dataclass(frozen=True)
+class StatStep:
+    """One per-statistic step of a forward: a reduction (a pass over the set) or a scalar formula."""
+
+    symbol: sympy.Symbol
+    expr: sympy.Expr  # the summand (reductions) or the formula (scalar steps)
+    reduce: bool
+    denominator: sympy.Expr = sympy.Integer(1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    derivation: Derivation
+    blocks: tuple[Block, ...]
+    train_steps: tuple[StatStep, ...]  # statistics of the batch, in order
+    eval_steps: tuple[StatStep, ...]  # the scalar steps eval mode needs, computed from running statistics
+    y: sympy.Expr  # output element in x, gamma, beta and statistics
+    saved: tuple[sympy.Symbol, ...]  # statistics forward_train returns for backward
+    running: tuple[tuple[sympy.Symbol, sympy.Symbol, sympy.Expr], ...]  # (running, batch statistic, update)
+    coordinates: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+    sums: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # named reductions: (name, summand)
+    dx: sympy.Expr
+    param_sums: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # (dgamma | dbeta, summand of psum)
+    eval_dx: sympy.Expr
+    eval_param_sums: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+    uses_eps: bool
+
+    @property
+    def spec(self):
+        return self.derivation.spec
+
+    @property
+    def has_gamma(self) -> bool:
+        return GAMMA in self.derivation.graph.leaves
+
+    @property
+    def has_beta(self) -> bool:
+        return BETA in self.derivation.graph.leaves
+
+    @property
+    def fused_param_sums(self) -> bool:
+        """Whether each parameter's elements are exactly one statistic's set (batch norm): then dgamma and dbeta
+        are finished inside the statistic loop, with no second pass and no race between threads."""
+        kept = [i for i, b in enumerate(self.blocks) if not b.reduced]
+        params = [i for i, b in enumerate(self.blocks) if b.param]
+        return kept == params
+
+
+def blocks(spec) -> tuple[Block, ...]:
+    parts = []
+    for a in range(spec.ndim):
+        reduced, param = a in spec.reduce_axes, a in spec.param_axes
+        if spec.groups and a == spec.channel_axis:
+            parts.append(Block((a,), "groups", False, param))
+            parts.append(Block((a,), "within", True, param))
+        else:
+            parts.append(Block((a,), None, reduced, param))
+    merged: list[Block] = []
+    for b in parts:
+        last = merged[-1] if merged else None
+        if last and not last.split and not b.split and (last.reduced, last.param) == (b.reduced, b.param):
+            merged[-1] = Block(last.axes + b.axes, None, b.reduced, b.param)
+        else:
+            merged.append(b)
+    return tuple(merged)
+
+
+def plan(d: Derivation) -> Plan:
+    g = d.graph
+    order = [n.symbol for n in g.nodes]
+    stat_symbols = {n.symbol for n in g.nodes if n.kind != ELEM}
+    base = g.base()
+    steps = []
+    for n in g.nodes:
+        if n.kind == REDUCE:
+            (arg,) = n.operands
+            (summed,) = n.expr.atoms(rsum)
+            steps.append(StatStep(n.symbol, base.get(arg, arg), True, sympy.simplify(summed / n.expr)))
+        elif n.kind != ELEM:
+            steps.append(StatStep(n.symbol, n.expr, False))
+
+    def stats_in(exprs) -> list[sympy.Symbol]:
+        found = {s for e in exprs for s in e.free_symbols if s in stat_symbols}
+        return sorted(found, key=order.index)
+
+    y = base[g.output.symbol]
+    sums = tuple((s, e.args[0]) for s, e in d.reductions)
+    param_sums = tuple((s, e.args[0]) for s, e in d.compact if s != DX)
+    eval_dx = d.output(d.eval_mode, DX)
+    eval_param_sums = tuple((s, e.args[0]) for s, e in d.eval_mode if s != DX)
+    backward = [e for _, e in d.coordinates + sums + param_sums] + [d.dx]
+    evaluation = [e for _, e in d.coordinates + eval_param_sums] + [eval_dx, y]
+    needed = _closure(set(stats_in(evaluation)), steps)
+    everything = backward + evaluation + [s.expr for s in steps]
+    return Plan(
+        derivation=d,
+        blocks=blocks(d.spec),
+        train_steps=tuple(steps),
+        eval_steps=tuple(s for s in steps if not s.reduce and s.symbol in needed),
+        y=y,
+        saved=tuple(stats_in(backward)),
+        running=tuple((r, n.symbol, e) for (r, e), n in zip(d.running, g.reductions)),
+        coordinates=d.coordinates,
+        sums=sums,
+        dx=d.dx,
+        param_sums=param_sums,
+        eval_dx=eval_dx,
+        eval_param_sums=eval_param_sums,
+        uses_eps=any(e.has(EPS) for e in everything),
+    )
+
+
+def _closure(needed: set, steps) -> set:
+    """The statistics *needed* and every scalar step they depend on."""
+    out = set(needed)
+    for s in reversed(steps):
+        if s.symbol in out and not s.reduce:
+            out |= s.expr.free_symbols - {EPS, M}
+    return out
