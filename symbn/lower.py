@@ -42,6 +42,7 @@ class Plan:
     blocks: tuple[Block, ...]
     train_steps: tuple[StatStep, ...]  # statistics of the batch, in order
     eval_steps: tuple[StatStep, ...]  # the scalar steps eval mode needs, computed from running statistics
+    eval_stats: tuple[sympy.Symbol, ...]  # statistics the eval-mode kernels read
     y: sympy.Expr  # output element in x, gamma, beta and statistics
     saved: tuple[sympy.Symbol, ...]  # statistics forward_train returns for backward
     running: tuple[tuple[sympy.Symbol, sympy.Symbol, sympy.Expr], ...]  # (running, batch statistic, update)
@@ -125,6 +126,7 @@ def plan(d: Derivation) -> Plan:
         blocks=blocks(d.spec),
         train_steps=tuple(steps),
         eval_steps=tuple(s for s in steps if not s.reduce and s.symbol in needed),
+        eval_stats=tuple(stats_in(evaluation)),
         y=y,
         saved=tuple(stats_in(backward)),
         running=tuple((r, n.symbol, e) for (r, e), n in zip(d.running, g.reductions)),

@@ -1,0 +1,219 @@
+"""Kernel modules from a plan: the template context (plain strings, lists, booleans) and the rendered text."""
+
+from __future__ import annotations
+
+import hashlib
+
+import sympy
+
+from . import __version__
+from .derive import DX, derive
+from .lower import Plan, plan
+from .printers import cse, numpy_code, scalar_code, text
+from .render import render, template_source
+from .report import axis_names, describe_spec, set_size_text
+from .spec import Spec
+from .symbols import BETA, DY, GAMMA, M, MOMENTUM, X
+
+BACKENDS = ("numpy", "numba")
+CONTENT_HASH = "# Content hash: "
+
+_RUNNING_RULES = {
+    "pytorch": "r <- (1 - momentum)*r + momentum*s, central moments corrected by M/(M-1)",
+    "keras": "r <- momentum*r + (1 - momentum)*s, uncorrected",
+}
+_NUMPY_NAMES = {X: "xb", DY: "dyb"}
+_SCALAR_NAMES = {X: "xv", DY: "dyv", GAMMA: "gv", BETA: "bv"}
+
+
+def module_name(spec: Spec, backend: str) -> str:
+    return f"{spec.name}_{backend}"
+
+
+def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog") -> str:
+    """The generated module for *spec* and *backend*, with its banner and content hash."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
+    p = plan(derive(spec))
+    ctx = _context(p, backend, command)
+    body = render("module.py.j2", ctx)
+    return _with_content_hash(body)
+
+
+def input_digest(spec: Spec, backend: str) -> str:
+    parts = [spec.digest(), backend, __version__, sympy.__version__, template_source("module.py.j2"),
+             template_source(f"{backend}_kernels.py.j2")]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def content_hash(text_: str) -> str:
+    lines = [line for line in text_.splitlines(keepends=True) if not line.startswith(CONTENT_HASH)]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
+
+
+def _with_content_hash(body: str) -> str:
+    head, rest = body.split("\n", 3)[:3], body.split("\n", 3)[3]
+    draft = "\n".join(head) + "\n" + rest
+    return "\n".join(head) + f"\n{CONTENT_HASH}{content_hash(draft)}\n" + rest
+
+
+def _context(p: Plan, backend: str, command: str) -> dict:
+    spec, d = p.spec, p.derivation
+    stat_order = [n.symbol for n in d.graph.nodes]
+    reductions = [n.symbol for n in d.graph.reductions]
+    train_out = sorted(set(p.saved) | set(reductions), key=stat_order.index)
+    running = [r.name for r, _, _ in p.running]
+    params = [leaf.name for leaf in (GAMMA, BETA) if leaf in d.graph.leaves]
+    names = axis_names(spec)
+    counts = d.op_counts
+    formulas = [f"{s} = {text(e)}" for s, e in d.coordinates + d.reductions + d.compact]
+    formulas += [f"eval mode: {s} = {text(e)}" for s, e in d.eval_mode if s == DX]
+    formulas += [f"{s} <- {text(e)}" for s, e in d.running]
+    eval_lines = [(r.name, run) for r, run in zip(reductions, running)]
+    eval_lines += [(s.symbol.name, numpy_code(s.expr, {})) for s in p.eval_steps]
+    ctx = dict(
+        symbn_version=__version__, sympy_version=sympy.__version__, spec_name=spec.name,
+        backend_template=f"{backend}_kernels.py.j2", digest=input_digest(spec, backend), command=command,
+        title=f"{spec.name}: {spec.preset + ' norm' if spec.preset else 'custom normalization'}, {backend} backend.",
+        description=describe_spec(spec), numba=backend == "numba",
+        shape_text="(" + ", ".join(names) + ")",
+        stat_shape_text=_blocks_text(p, names, lambda b: not b.reduced),
+        param_shape_text="(" + ", ".join(names[a] for a in spec.param_axes) + ("," if len(spec.param_axes) == 1 else "") + ")",
+        set_size_text=set_size_text(spec),
+        sig_params="x, " + "".join(f"{q}, " for q in params), sig_gamma="gamma, " if "gamma" in params else "",
+        params=params, has_gamma="gamma" in params, has_beta="beta" in params,
+        grads=["dx"] + ["d" + q for q in params],
+        grads_tuple="(" + ", ".join(["dx"] + ["d" + q for q in params]) + ("," if not params else "") + ")",
+        running_rule=_RUNNING_RULES[spec.running],
+        saved=[s.name for s in p.saved], saved_tuple=repr(tuple(s.name for s in p.saved)),
+        running=running, running_tuple=repr(tuple(running)), running_convention=spec.running,
+        batch_stats=[r.name for r in reductions], train_out=[s.name for s in train_out],
+        eval_stats=[s.name for s in p.eval_stats], eval_steps=eval_lines,
+        running_updates=[(r.name, numpy_code(e, {MOMENTUM: "momentum"})) for r, _, e in p.running],
+        central=any(n.central for n in d.graph.reductions),
+        ndim=spec.ndim, layout=repr(spec.layout), reduce_axes=repr(spec.reduce_axes),
+        param_axes=repr(spec.param_axes), groups=repr(spec.groups), channel_axis=repr(spec.channel_axis),
+        blocks=repr(tuple((b.axes, b.split, b.reduced, b.param) for b in p.blocks)),
+        eps=repr(spec.eps), momentum=repr(spec.momentum), formulas=formulas, fused=p.fused_param_sums,
+        ops=dict(forward=counts["forward"]["per_element"], backward=counts["backward"]["per_element"]),
+    )
+    if backend == "numpy":
+        ctx["reduced_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if b.reduced))
+        ctx["nonparam_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if not b.param))
+        ctx["np"] = _numpy_statements(p)
+    else:
+        ctx["nb"] = _numba_statements(p)
+    return ctx
+
+
+def _blocks_text(p: Plan, names: list[str], keep) -> str:
+    parts = []
+    for b in p.blocks:
+        if keep(b):
+            label = "*".join(names[a] for a in b.axes)
+            parts.append("G" if b.split == "groups" else f"{label}/G" if b.split == "within" else label)
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+def _numpy_statements(p: Plan) -> dict:
+    code = lambda e: numpy_code(e, _NUMPY_NAMES)  # noqa: E731
+    steps = []
+    for s in p.train_steps:
+        if s.reduce:
+            total = f"np.sum({code(s.expr)}, axis=_RED, dtype=np.float64, keepdims=True)"
+            steps.append((s.symbol.name, total if s.denominator == 1 else f"{total} / ({code(s.denominator)})"))
+        else:
+            steps.append((s.symbol.name, code(s.expr)))
+    return dict(
+        train_steps=steps, y=code(p.y),
+        coordinates=[(s.name, code(e)) for s, e in p.coordinates],
+        sums=[(s.name, code(e)) for s, e in p.sums], dx=code(p.dx),
+        param_sums=[(s.name, code(e)) for s, e in p.param_sums],
+        eval_dx=code(p.eval_dx), eval_param_sums=[(s.name, code(e)) for s, e in p.eval_param_sums],
+    )
+
+
+def _numba_statements(p: Plan) -> dict:
+    blocks = p.blocks
+    all_ = list(range(len(blocks)))
+    kept = [i for i in all_ if not blocks[i].reduced]
+    reduced = [i for i in all_ if blocks[i].reduced]
+    param = [i for i in all_ if blocks[i].param]
+    nonparam = [i for i in all_ if not blocks[i].param]
+    elem = ", ".join(f"i{i}" for i in all_)
+    coords = dict(p.coordinates)
+
+    def code(e: sympy.Expr) -> str:
+        return scalar_code(e, _SCALAR_NAMES)
+
+    def loads(exprs: list[sympy.Expr]) -> list[str]:
+        """Element loads, coordinates and common subexpressions a group of expressions needs."""
+        used = set().union(*(e.free_symbols for e in exprs))
+        lines = []
+        for c, e in p.coordinates:
+            if c in used:
+                used |= e.free_symbols
+        for symbol, line in ((X, f"xv = xb[{elem}]"), (DY, f"dyv = dyb[{elem}]"),
+                             (GAMMA, f"gv = gamma[{_flat(param)}]"), (BETA, f"bv = beta[{_flat(param)}]")):
+            if symbol in used:
+                lines.append(line)
+        lines += [f"{c} = {code(e)}" for c, e in p.coordinates if c in used]
+        return lines
+
+    def with_cse(exprs: list[sympy.Expr]) -> tuple[list[str], list[str]]:
+        shared, reduced_exprs = cse(exprs)
+        return loads(exprs) + [f"{s} = {code(e)}" for s, e in shared], [code(e) for e in reduced_exprs]
+
+    y_loads, (y_code,) = with_cse([p.y])
+    # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared across.
+    summands = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if p.fused_param_sums else [])
+    sum_loads, sum_codes = with_cse(summands) if summands else ([], [])
+    dx_loads, (dx_code,) = with_cse([p.dx])
+    eval_loads, (eval_dx_code,) = with_cse([p.eval_dx])
+    sums = list(zip([s.name for s, _ in p.sums], sum_codes[:len(p.sums)]))
+    psums = list(zip([s.name for s, _ in p.param_sums], sum_codes[len(p.sums):]))
+
+    def param_kernel(name: str, exprs, stats) -> dict:
+        used = set().union(*(e.free_symbols for _, e in exprs), *(coords[c].free_symbols for c in coords))
+        return dict(name=name, stats=[s.name for s in stats if s in used], loads=loads([e for _, e in exprs]),
+                    sums=[(s.name, code(e)) for s, e in exprs])
+
+    kernels = []
+    if p.param_sums and not p.fused_param_sums:
+        kernels.append(param_kernel("train", p.param_sums, p.saved))
+    if p.eval_param_sums:
+        kernels.append(param_kernel("eval", p.eval_param_sums, p.eval_stats))
+    return dict(
+        sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
+        count=" * ".join(f"n{i}" for i in reduced),
+        stats=_space(kept, reduced, "k"), params=_space(param, nonparam, "q"),
+        elem=elem, stat_flat=_flat(kept),
+        train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=code(s.expr), denominator=code(s.denominator),
+                          loads=loads([s.expr]) if s.reduce else []) for s in p.train_steps],
+        y=dict(loads=y_loads, code=y_code), backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=dx_code,
+        sums=sums,
+        param_sums=psums if p.fused_param_sums else [(s.name, "") for s, _ in p.param_sums], eval_backward=dict(loads=eval_loads), eval_dx=eval_dx_code, param_kernels=kernels,
+    )
+
+
+def _flat(indices: list[int]) -> str:
+    """The flat (C-order) index of the given blocks, e.g. i0 * n2 + i2."""
+    if not indices:
+        return "0"
+    terms = []
+    for pos, i in enumerate(indices):
+        terms.append(" * ".join([f"i{i}"] + [f"n{j}" for j in indices[pos + 1:]]))
+    return " + ".join(terms)
+
+
+def _space(outer: list[int], inner: list[int], var: str) -> dict:
+    """A parallel loop over the flattened *outer* blocks (unravelled from *var*) around loops over *inner*."""
+    unravel, rest = [], var
+    for i in reversed(outer[1:]):
+        unravel.append(f"i{i} = {rest} % n{i}")
+        rest = f"({rest} // n{i})"
+    if outer:
+        unravel.append(f"i{outer[0]} = {rest}")
+    loops = ["    " * depth + f"for i{i} in range(n{i}):" for depth, i in enumerate(inner)]
+    return dict(count=" * ".join(f"n{i}" for i in outer) or "1", unravel=unravel, loops=loops,
+                indent="    " * len(inner))
