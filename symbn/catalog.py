@@ -33,3 +33,17 @@ def preset_specs(groups: tuple[int, ...] = (2, 4)) -> list[Spec]:
                 except SpecError:
                     continue  # instance norm needs spatial axes: not for NC
     return out
+
+
+#: What generated/ holds (each for the NumPy and the Numba backend), and what the kernel tests run.
+CATALOG = (
+    preset("batch", "NC"),
+    preset("batch", "NCHW"),
+    preset("batch", "NHWC"),
+    preset("layer", "NC"),
+    preset("layer", "NCHW"),
+    preset("instance", "NCHW"),
+    preset("group", "NCHW", groups=4),
+    preset("group", "NCHW", groups=32),
+    preset("rms", "NC"),
+)

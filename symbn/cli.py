@@ -22,8 +22,8 @@ def _axes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated axis numbers such as 0,2,3; got {text!r}")
 
 
-def add_spec_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", metavar="PRESET_OR_EXPR",
+def add_spec_arguments(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("what", metavar="PRESET_OR_EXPR", nargs="?" if optional else None,
                    help=f"a preset ({', '.join(specs.PRESETS)}) or a forward expression such as "
                         f"'gamma*x/sqrt(mean(x**2) + eps)'")
     p.add_argument("--layout", choices=list(specs.LAYOUTS), help="input layout for a preset (or with --like)")
@@ -67,6 +67,65 @@ def cmd_derive(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(a: argparse.Namespace) -> int:
+    import keyword
+    from pathlib import Path
+
+    from .generate import BACKENDS, DTYPES, module_name, module_text
+    from .output import OverwriteError, catalog_jobs, stale, write_modules
+
+    out = Path(a.output)
+    if a.catalog:
+        if a.what is not None:
+            raise specs.SpecError("PRESET_OR_EXPR", a.what, "nothing with --catalog (it generates the whole catalogue)")
+        if a.check:
+            diffs = stale(out)
+            sys.stdout.write("".join(diffs) or f"{out}: fresh\n")
+            return 1 if diffs else 0
+        jobs = catalog_jobs(out)
+    else:
+        if a.what is None:
+            raise specs.SpecError("PRESET_OR_EXPR", None, "a preset or an expression (or --catalog)")
+        spec = spec_from_args(a)
+        backends = BACKENDS if a.backend == "all" else (a.backend,)
+        dtypes = DTYPES if a.dtype == "both" else (a.dtype,)
+        jobs = []
+        for backend in backends:
+            name = a.name + ("" if len(backends) == 1 else f"_{backend}") if a.name else module_name(spec, backend, dtypes)
+            if not name.isidentifier() or keyword.iskeyword(name):
+                raise specs.SpecError("name", name, "a valid Python identifier for the module name")
+            command = " ".join(["symbn", "generate"] + [_quote(arg) for arg in a.argv])
+            jobs.append((out / f"{name}.py", module_text(spec, backend, command=command, dtypes=dtypes)))
+    try:
+        changed = write_modules(jobs, force=a.force)
+    except OverwriteError as err:
+        print(f"symbn: error: {err}", file=sys.stderr)
+        return 1
+    for path, _ in jobs:
+        print(f"{'wrote    ' if path in changed else 'unchanged'} {path}")
+    return 0
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .checks import run
+    from .output import import_path
+
+    failed = False
+    for path in a.paths:
+        module = import_path(path)
+        print(f"{path}")
+        for result in run(module):
+            print(f"  {result}")
+            failed |= not result.ok
+    return 1 if failed else 0
+
+
 def cmd_list(a: argparse.Namespace) -> int:
     from .report import list_text
 
@@ -81,6 +140,20 @@ def parser() -> argparse.ArgumentParser:
     add_spec_arguments(d)
     d.add_argument("--prove", action="store_true", help="also prove both backward forms at M = 2, 3, 4")
     d.set_defaults(run=cmd_derive)
+    g = sub.add_parser("generate", help="write NumPy and Numba kernel modules for a normalization")
+    add_spec_arguments(g, optional=True)
+    g.add_argument("--catalog", action="store_true", help="regenerate every catalogue module (into generated/)")
+    g.add_argument("--check", action="store_true", help="with --catalog: only report whether the files are fresh")
+    g.add_argument("--backend", choices=("numpy", "numba", "all"), default="all")
+    g.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
+                   help="input dtypes the module accepts (default both)")
+    g.add_argument("--name", help="module name (a Python identifier); default: the spec's canonical name")
+    g.add_argument("-o", "--output", default="generated", help="output folder (default generated/)")
+    g.add_argument("--force", action="store_true", help="overwrite files symbn did not write or that were edited")
+    g.set_defaults(run=cmd_generate)
+    c = sub.add_parser("check", help="finite-difference, Taylor and invariant checks of generated modules")
+    c.add_argument("paths", nargs="+", metavar="PATH.py")
+    c.set_defaults(run=cmd_check)
     ls = sub.add_parser("list", help="show the presets and layouts")
     ls.set_defaults(run=cmd_list)
     return p
@@ -88,7 +161,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.argv = argv[1:]
     try:
         return args.run(args)
     except USAGE_ERRORS as err:

@@ -16,6 +16,7 @@ from .spec import Spec
 from .symbols import BETA, DY, GAMMA, M, MOMENTUM, X
 
 BACKENDS = ("numpy", "numba")
+DTYPES = ("float32", "float64")
 CONTENT_HASH = "# Content hash: "
 
 _RUNNING_RULES = {
@@ -26,23 +27,29 @@ _NUMPY_NAMES = {X: "xb", DY: "dyb"}
 _SCALAR_NAMES = {X: "xv", DY: "dyv", GAMMA: "gv", BETA: "bv"}
 
 
-def module_name(spec: Spec, backend: str) -> str:
-    return f"{spec.name}_{backend}"
+def module_name(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> str:
+    return f"{spec.name}_{backend}" + ("" if tuple(dtypes) == DTYPES else "_" + "_".join(dtypes))
 
 
-def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog") -> str:
+def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog",
+                dtypes: tuple[str, ...] = DTYPES) -> str:
     """The generated module for *spec* and *backend*, with its banner and content hash."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
+    if not dtypes or any(t not in DTYPES for t in dtypes):
+        raise ValueError(f"dtype: expected some of {', '.join(DTYPES)}; got {', '.join(map(str, dtypes)) or 'none'}")
     p = plan(derive(spec))
     ctx = _context(p, backend, command)
+    ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
+    ctx["digest"] = input_digest(spec, backend, dtypes)
+    ctx["dtype_text"] = " or ".join(dtypes)
     body = render("module.py.j2", ctx)
     return _with_content_hash(body)
 
 
-def input_digest(spec: Spec, backend: str) -> str:
-    parts = [spec.digest(), backend, __version__, sympy.__version__, template_source("module.py.j2"),
-             template_source(f"{backend}_kernels.py.j2")]
+def input_digest(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> str:
+    parts = [spec.digest(), backend, ",".join(dtypes), __version__, sympy.__version__,
+             template_source("module.py.j2"), template_source(f"{backend}_kernels.py.j2")]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -73,7 +80,7 @@ def _context(p: Plan, backend: str, command: str) -> dict:
     eval_lines += [(s.symbol.name, numpy_code(s.expr, {})) for s in p.eval_steps]
     ctx = dict(
         symbn_version=__version__, sympy_version=sympy.__version__, spec_name=spec.name,
-        backend_template=f"{backend}_kernels.py.j2", digest=input_digest(spec, backend), command=command,
+        backend_template=f"{backend}_kernels.py.j2", command=command,
         title=f"{spec.name}: {spec.preset + ' norm' if spec.preset else 'custom normalization'}, {backend} backend.",
         description=describe_spec(spec), numba=backend == "numba",
         shape_text="(" + ", ".join(names) + ")",
