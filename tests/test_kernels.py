@@ -1,0 +1,182 @@
+"""Every generated kernel, proven numerically: central differences, Taylor test, backend agreement, invariants."""
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from symbn import catalog, checks, load, preset
+from symbn.generate import module_text
+from symbn.output import import_path, stale
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATED = ROOT / "generated"
+BACKENDS = ("numpy", "numba")
+ENTRIES = [(spec, backend) for spec in catalog.CATALOG for backend in BACKENDS]
+IDS = [f"{spec.name}-{backend}" for spec, backend in ENTRIES]
+
+
+def module(spec, backend):
+    return import_path(GENERATED / f"{spec.name}_{backend}.py")
+
+
+def params_of(m, data):
+    return [data[p] for p in checks.parameter_names(m)]
+
+
+def test_generated_folder_is_fresh():
+    diffs = stale(GENERATED)
+    assert not diffs, "generated/ is stale; run `symbn generate --catalog`:\n" + "".join(diffs)[:4000]
+
+
+def test_generation_is_deterministic_across_hash_seeds():
+    script = ("from symbn import catalog; from symbn.generate import module_text; "
+              "import sys; sys.stdout.write(''.join(module_text(s, b) for s in catalog.CATALOG[5:8] "
+              "for b in ('numpy', 'numba')))")
+    texts = {subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONHASHSEED=seed),
+                            capture_output=True, text=True, check=True).stdout for seed in ("0", "7")}
+    assert len(texts) == 1
+
+
+@pytest.mark.parametrize("spec, backend", ENTRIES, ids=IDS)
+def test_finite_differences_taylor_and_invariants(spec, backend):
+    results = checks.run(module(spec, backend))
+    assert all(r.ok for r in results), "\n".join(map(str, results))
+    names = [r.name for r in results]
+    assert "Taylor test slope" in names
+    if spec.preset != "rms":  # mean-centring: sum(dx) = 0 over each reduction set must have been checked
+        assert "sum(dx) over each reduction set" in names
+
+
+@pytest.mark.parametrize("key", sorted(catalog.custom_specs()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_custom_expressions_generate_correct_kernels(key, backend):
+    results = checks.run(load(catalog.custom_specs()[key], backend))
+    assert all(r.ok for r in results), "\n".join(map(str, results))
+
+
+@pytest.mark.parametrize("spec", catalog.CATALOG, ids=lambda s: s.name)
+def test_numpy_and_numba_agree(spec):
+    a, b = module(spec, "numpy"), module(spec, "numba")
+    data = checks.inputs(a, seed=3)
+    outs = []
+    for m in (a, b):
+        running = [np.full(s, v) for s, v in zip([m._stat_shape(m._sizes(data["x"]))] * len(m.RUNNING),
+                                                 np.linspace(0.5, 1.5, len(m.RUNNING)))]
+        y, *saved = m.forward_train(data["x"], *params_of(m, data), *running)
+        gamma = [data["gamma"]] if "gamma" in data else []
+        grads = m.backward(data["dy"], data["x"], *gamma, *saved)
+        y_eval = m.forward_eval(data["x"], *params_of(m, data), *running)
+        grads_eval = m.backward_eval(data["dy"], data["x"], *gamma, *running)
+        outs.append([y, *saved, *grads, *running, y_eval, *grads_eval])
+    for u, v in zip(*outs):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("spec, backend", ENTRIES, ids=IDS)
+def test_eval_mode_backward_matches_central_differences(spec, backend):
+    m = module(spec, backend)
+    data = checks.inputs(m, seed=5)
+    stat_shape = m._stat_shape(m._sizes(data["x"]))
+    rng = np.random.default_rng(1)
+    running = [rng.uniform(0.5, 1.5, stat_shape) if i else rng.normal(size=stat_shape)
+               for i in range(len(m.RUNNING))]
+    names = checks.parameter_names(m)
+
+    def loss(values):
+        return float(np.sum(data["dy"] * m.forward_eval(values["x"], *[values[p] for p in names], *running)))
+
+    gamma = [data["gamma"]] if "gamma" in data else []
+    grads = dict(zip(["x"] + names, m.backward_eval(data["dy"], data["x"], *gamma, *running)))
+    h = 1e-6
+    for wrt, grad in grads.items():
+        numeric = np.zeros_like(grad)
+        for i in range(grad.size):
+            plus, minus = data[wrt].copy(), data[wrt].copy()
+            plus.reshape(-1)[i] += h
+            minus.reshape(-1)[i] -= h
+            numeric.reshape(-1)[i] = (loss({**data, wrt: plus}) - loss({**data, wrt: minus})) / (2 * h)
+        assert checks.relative_error(grad, numeric) <= 1e-7, wrt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spec", [s for s in catalog.CATALOG if s.preset != "rms"], ids=lambda s: s.name)
+def test_float32_uses_a_two_pass_variance(spec, backend):
+    """1000 + randn in float32 normalizes to within 1e-5 of float64 arithmetic on the same float32 values;
+    E[x^2] - E[x]^2 would lose every digit here."""
+    m = module(spec, backend)
+    rng = np.random.default_rng(0)
+    data = checks.inputs(m, seed=0)
+    x32 = (1000 + rng.normal(size=data["x"].shape)).astype(np.float32)
+    params = params_of(m, data)
+    y32, *_ = m.forward_train(x32, *params)
+    y64, *_ = m.forward_train(x32.astype(np.float64), *params)
+    assert y32.dtype == np.float32
+    assert np.max(np.abs(y32 - y64)) <= 1e-5 * max(1.0, np.max(np.abs(y64)))
+    grads32 = m.backward(data["dy"].astype(np.float32), x32, *params[:1], *m.forward_train(x32, *params)[1:])
+    assert all(g.dtype == np.float32 for g in grads32)
+
+
+def test_keras_running_statistics_convention():
+    spec = preset("batch", "NC", running="keras")  # momentum defaults to 0.99 for this convention
+    m = load(spec, "numpy")
+    rng = np.random.default_rng(2)
+    x = rng.normal(2.0, 3.0, size=(16, 5))
+    r_mu, r_var = np.zeros(5), np.ones(5)
+    m.forward_train(x, np.ones(5), np.zeros(5), r_mu, r_var)
+    np.testing.assert_allclose(r_mu, 0.99 * 0 + 0.01 * x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(r_var, 0.99 * 1 + 0.01 * x.var(axis=0), rtol=1e-12)  # biased, uncorrected
+
+
+def test_generated_modules_need_only_numpy_and_numba():
+    for path in sorted(GENERATED.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add((node.module or "").split(".")[0])
+        assert imported <= {"numpy", "numba", "math"}, (path.name, imported)
+    # and they run where symbn cannot be imported at all
+    script = ("import sys; sys.modules['symbn'] = None; import importlib.util, numpy as np; "
+              f"s = importlib.util.spec_from_file_location('m', {str(GENERATED / 'layer_nc_numpy.py')!r}); "
+              "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+              "y, mu, istd = m.forward_train(np.arange(12.0).reshape(3, 4), np.ones(4), np.zeros(4)); "
+              "print(round(float(y.sum()), 9))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() in ("0.0", "-0.0")
+
+
+def test_banner_docstrings_and_formulas():
+    text = (GENERATED / "batch_nchw_numba.py").read_text()
+    head = text.splitlines()[:4]
+    assert head[0].startswith("# Generated by symbn") and "batch_nchw" in head[0]
+    assert "SymPy" in head[0] and "Input hash:" in head[1] and "DO NOT EDIT" in head[2]
+    assert head[3].startswith("# Content hash: ")
+    assert "dx = gamma*istd*(M*dy - sum_dy - sum_dy_xhat*xhat)/M" in text
+    assert "operations per element" in text and "(N, C, H, W)" in text
+
+
+def test_load_caches_by_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMBN_CACHE", str(tmp_path))
+    spec = preset("layer", "NC", eps=1e-3)
+    first = load(spec, "numpy")
+    assert load(spec, "numpy") is first
+    files = list(tmp_path.rglob("*.py"))
+    assert len(files) == 1 and files[0].read_text() == module_text(spec, "numpy",
+                                                                   command=f"symbn.load(...) (spec {spec.name})")
+    assert first.EPS == 1e-3
+
+
+def test_wheel_carries_the_templates(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("symbn-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for template in ("module.py.j2", "numpy_kernels.py.j2", "numba_kernels.py.j2"):
+        assert f"symbn/templates/{template}" in names

@@ -1,0 +1,326 @@
+"""Every catalogue module (NumPy and Numba backends) against PyTorch's functional normalizations.
+
+For each spec in ``symbn.catalog.CATALOG`` the generated module ``generated/{spec.name}_{backend}.py`` is run next to
+``F.batch_norm`` / ``F.layer_norm`` / ``F.instance_norm`` / ``F.group_norm`` / ``F.rms_norm`` on the same data, and
+y, the saved statistics, dx/dgamma/dbeta (PyTorch: autograd with the same upstream gradient dy) and the running
+statistics after one update are compared: float64 tightly, float32 loosely (PyTorch computes in float32, the module
+accumulates in float64).
+
+Where PyTorch has no counterpart (running statistics of layer/group/RMS norm, their eval mode), the reference is
+written here with plain torch ops and autograd: the PyTorch convention (r <- (1 - momentum) r + momentum s, variance
+unbiased), eval mode = the same normalization with the running statistics held constant.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from symbn.catalog import CATALOG  # noqa: E402
+from symbn.output import import_path  # noqa: E402
+from symbn.spec import LAYOUTS, PRESETS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("numpy", "numba")
+# Largest allowed disagreement, relative to the largest magnitude of the PyTorch value (per output).
+TOL = {np.float64: 1e-10, np.float32: 5e-5}
+# Worst relative disagreement seen per (dtype, output kind); printed at the end of the module (pytest -s).
+WORST: dict[tuple[str, str], float] = {}
+
+
+@functools.cache
+def load(name: str, backend: str):
+    return import_path(ROOT / "generated" / f"{name}_{backend}.py")
+
+
+def shape_for(spec) -> tuple[int, ...]:
+    """(4, 8, 5, 3) for NCHW and the same sizes for other layouts; channels at least 2 per group."""
+    layout = LAYOUTS[spec.layout]
+    shape = [0] * layout.ndim
+    shape[layout.batch] = 4
+    shape[layout.channel] = max(8, 2 * (spec.groups or 1))
+    for axis, n in zip(layout.spatial, {0: (), 1: (5,), 2: (5, 3), 3: (3, 4, 2)}[len(layout.spatial)]):
+        shape[axis] = n
+    return tuple(shape)
+
+
+# --- PyTorch side -------------------------------------------------------------------------------------------------
+# Each adapter maps a spec onto PyTorch and answers, for torch tensors x, gamma, beta (requires_grad) and running
+# statistics (in the module's shapes):
+#   train(x, gamma, beta, running) -> (y, saved statistics, running statistics after the update)
+#   eval(x, gamma, beta, running) -> y
+# where ``saved`` is in the module's SAVED order and shape, and the running statistics in the module's shapes.
+
+
+class BatchNorm:
+    """F.batch_norm on x with the channel axis moved to 1; saved mean/invstd from native_batch_norm."""
+
+    def __init__(self, spec):
+        self.channel = LAYOUTS[spec.layout].channel
+        self.eps, self.momentum = spec.eps, spec.momentum
+
+    def train(self, x, gamma, beta, running):
+        xc = x.movedim(self.channel, 1)
+        rm, rv = (r.clone() for r in running)
+        y = F.batch_norm(xc, rm, rv, gamma, beta, training=True, momentum=self.momentum, eps=self.eps)
+        _, mean, invstd = torch.native_batch_norm(xc.detach(), gamma.detach(), beta.detach(), None, None, True,
+                                                  self.momentum, self.eps)
+        return y.movedim(1, self.channel), (mean, invstd), (rm, rv)
+
+    def eval(self, x, gamma, beta, running):
+        y = F.batch_norm(x.movedim(self.channel, 1), *running, gamma, beta, training=False, eps=self.eps)
+        return y.movedim(1, self.channel)
+
+
+class InstanceNorm:
+    """F.instance_norm; its running statistics are per channel (C,), the module's per sample and channel (N, C):
+    started equal across samples, the module's mean over the batch must equal PyTorch's."""
+
+    def __init__(self, spec):
+        if LAYOUTS[spec.layout].channel != 1:
+            pytest.skip(f"{spec.name}: F.instance_norm needs the channel axis at 1")
+        self.eps, self.momentum = spec.eps, spec.momentum
+
+    def train(self, x, gamma, beta, running):
+        n, c = x.shape[:2]
+        rm, rv = (r[0] for r in running)  # the module's rows start equal (see data())
+        y = F.instance_norm(x, rm, rv, gamma, beta, use_input_stats=True, momentum=self.momentum, eps=self.eps)
+        # PyTorch runs instance norm as a batch norm over (1, N*C, spatial...): its saved mean/invstd.
+        _, mean, invstd = torch.native_batch_norm(x.detach().reshape(1, n * c, -1), None, None, None, None, True,
+                                                  self.momentum, self.eps)
+        return y, (mean.reshape(n, c), invstd.reshape(n, c)), (rm, rv)
+
+    def eval(self, x, gamma, beta, running):
+        rm, rv = (r[0] for r in running)
+        return F.instance_norm(x, rm, rv, gamma, beta, use_input_stats=False, eps=self.eps)
+
+
+class Manual:
+    """Running statistics and eval mode by hand (PyTorch has neither for layer, group and RMS norm)."""
+
+    center = True
+
+    def per_stat(self, x):
+        """x viewed as (statistics..., M)."""
+        raise NotImplementedError
+
+    def expand(self, s, x):
+        """A per-statistic tensor broadcast against x."""
+        raise NotImplementedError
+
+    def updated(self, x, running):
+        v = self.per_stat(x.detach())
+        m = self.momentum
+        if self.center:
+            rm, rv = running
+            return ((1 - m) * rm + m * v.mean(-1), (1 - m) * rv + m * v.var(-1, unbiased=True))
+        (rms,) = running
+        return ((1 - m) * rms + m * v.pow(2).mean(-1),)
+
+    def eval(self, x, gamma, beta, running):
+        if self.center:
+            rm, rv = (self.expand(r, x) for r in running)
+            return (x - rm) * torch.rsqrt(rv + self.eps) * self.affine(gamma, x) + self.affine(beta, x)
+        (rms,) = running
+        return x * torch.rsqrt(self.expand(rms, x) + self.eps) * self.affine(gamma, x)
+
+    def affine(self, p, x):
+        return p
+
+
+class LayerNorm(Manual):
+    """F.layer_norm over the trailing reduced axes; saved mean/rstd from native_layer_norm."""
+
+    def __init__(self, spec):
+        if spec.reduce_axes != tuple(range(spec.ndim - len(spec.reduce_axes), spec.ndim)):
+            pytest.skip(f"{spec.name}: F.layer_norm normalizes trailing axes only; reduce axes {spec.reduce_axes}")
+        if spec.param_axes != spec.reduce_axes:
+            pytest.skip(f"{spec.name}: F.layer_norm's weight spans the normalized shape; params {spec.param_axes}")
+        self.k = len(spec.reduce_axes)
+        self.eps, self.momentum = spec.eps, spec.momentum
+
+    def per_stat(self, x):
+        return x.reshape(*x.shape[: x.ndim - self.k], -1)
+
+    def expand(self, s, x):
+        return s.reshape(*s.shape, *([1] * self.k))
+
+    def train(self, x, gamma, beta, running):
+        shape = tuple(x.shape[x.ndim - self.k:])
+        y = F.layer_norm(x, shape, gamma, beta, self.eps)
+        _, mean, rstd = torch.native_layer_norm(x.detach(), shape, gamma.detach(), beta.detach(), self.eps)
+        lead = x.shape[: x.ndim - self.k]
+        return y, (mean.reshape(lead), rstd.reshape(lead)), self.updated(x, running)
+
+
+class GroupNorm(Manual):
+    """F.group_norm(num_groups=spec.groups); saved mean/rstd (N, G) from native_group_norm."""
+
+    def __init__(self, spec):
+        if LAYOUTS[spec.layout].channel != 1:
+            pytest.skip(f"{spec.name}: F.group_norm needs the channel axis at 1")
+        self.groups, self.eps, self.momentum = spec.groups, spec.eps, spec.momentum
+
+    def per_stat(self, x):
+        return x.reshape(x.shape[0], self.groups, -1)
+
+    def expand(self, s, x):
+        n, c = x.shape[:2]
+        return s.repeat_interleave(c // self.groups, dim=1).reshape(n, c, *([1] * (x.ndim - 2)))
+
+    def affine(self, p, x):
+        return p.reshape(-1, *([1] * (x.ndim - 2)))
+
+    def train(self, x, gamma, beta, running):
+        n, c = x.shape[:2]
+        y = F.group_norm(x, self.groups, gamma, beta, self.eps)
+        _, mean, rstd = torch.native_group_norm(x.detach(), gamma.detach(), beta.detach(), n, c,
+                                                x[0, 0].numel(), self.groups, self.eps)
+        return y, (mean, rstd), self.updated(x, running)
+
+
+class RMSNorm(LayerNorm):
+    """F.rms_norm over the trailing reduced axes; saved 1/rms from aten._fused_rms_norm (or by hand)."""
+
+    center = False
+
+    def train(self, x, gamma, beta, running):
+        shape = list(x.shape[x.ndim - self.k:])
+        y = F.rms_norm(x, shape, gamma, self.eps)
+        lead = x.shape[: x.ndim - self.k]
+        if hasattr(torch.ops.aten, "_fused_rms_norm"):
+            irms = torch.ops.aten._fused_rms_norm(x.detach(), shape, gamma.detach(), self.eps)[1]
+        else:
+            irms = torch.rsqrt(self.per_stat(x.detach()).pow(2).mean(-1) + self.eps)
+        return y, (irms.reshape(lead),), self.updated(x, running)
+
+
+ADAPTERS = {"batch": BatchNorm, "layer": LayerNorm, "instance": InstanceNorm, "group": GroupNorm, "rms": RMSNorm}
+
+
+def adapter(spec):
+    if spec.preset not in ADAPTERS:
+        pytest.skip(f"{spec.name}: no PyTorch functional op for preset {spec.preset!r}")
+    if spec.ddof or spec.running != "pytorch" or not spec.scale or spec.center != PRESETS[spec.preset].center:
+        pytest.skip(f"{spec.name}: PyTorch has no counterpart for non-default options")
+    return ADAPTERS[spec.preset](spec)
+
+
+# --- data and comparison ------------------------------------------------------------------------------------------
+
+
+def data(spec, module, dtype, seed=0):
+    """x, dy, parameters (dtype of x) and running statistics (the module's shapes; per-sample running statistics
+    start equal across the batch so they can be compared with PyTorch's per-channel ones)."""
+    rng = np.random.default_rng(seed)
+    shape = shape_for(spec)
+    pshape = tuple(shape[a] for a in spec.param_axes)
+    d = dict(x=rng.normal(0.3, 2.0, size=shape).astype(dtype), dy=rng.normal(size=shape).astype(dtype),
+             gamma=rng.normal(1.0, 0.5, size=pshape).astype(dtype), beta=rng.normal(0.0, 0.5, size=pshape).astype(dtype))
+    stat_shape = module.forward_train(d["x"], *params(module, d))[1].shape
+    running = []
+    for name in module.RUNNING:
+        row_shape = stat_shape[1:] if spec.preset == "instance" else stat_shape
+        value = rng.uniform(0.5, 2.0, size=row_shape) if "mu" not in name else rng.normal(size=row_shape)
+        running.append(np.ascontiguousarray(np.broadcast_to(value, stat_shape)).astype(dtype))
+    d["running"] = running
+    return d
+
+
+def params(module, d):
+    """The parameters forward_train takes (RMS norm has no beta)."""
+    names = inspect.signature(module.forward_train).parameters
+    return [d[p] for p in ("gamma", "beta") if p in names]
+
+
+def to_torch(a, grad=False):
+    return torch.tensor(np.array(a), requires_grad=grad)
+
+
+def check(kind, got, want, dtype):
+    want = want.detach().numpy() if isinstance(want, torch.Tensor) else np.asarray(want)
+    got = np.asarray(got)
+    assert got.shape == want.shape, f"{kind}: shape {got.shape}, PyTorch {want.shape}"
+    assert got.dtype == np.dtype(dtype), f"{kind}: dtype {got.dtype}, expected {np.dtype(dtype)}"
+    assert np.all(np.isfinite(got)), f"{kind}: non-finite values"
+    err = float(np.max(np.abs(got.astype(np.float64) - want)) / max(np.max(np.abs(want)), 1e-30))
+    key = (np.dtype(dtype).name, kind)
+    WORST[key] = max(WORST.get(key, 0.0), err)
+    assert err <= TOL[dtype], f"{kind}: relative disagreement with PyTorch {err:.2e} > {TOL[dtype]:.0e}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    if WORST:
+        print("\nlargest relative disagreement with PyTorch:")
+        for (dtype, kind), err in sorted(WORST.items()):
+            print(f"  {dtype:<8} {kind:<12} {err:.2e}")
+
+
+CASES = [pytest.param(spec, backend, dtype, id=f"{spec.name}-{backend}-{np.dtype(dtype).name}")
+         for spec in CATALOG for backend in BACKENDS for dtype in (np.float64, np.float32)]
+
+
+def test_catalogue_modules_are_all_mapped():
+    """Adding a catalogue entry adds tests: each has both generated files, and those there are are checked."""
+    for spec in CATALOG:
+        for backend in BACKENDS:
+            assert (ROOT / "generated" / f"{spec.name}_{backend}.py").is_file(), (spec.name, backend)
+    assert {spec.preset for spec in CATALOG} <= set(ADAPTERS)
+
+
+@pytest.mark.parametrize("spec, backend, dtype", CASES)
+def test_train(spec, backend, dtype):
+    """forward_train (y, saved statistics, running update) and backward (dx, dgamma, dbeta) against autograd."""
+    ref = adapter(spec)
+    module = load(spec.name, backend)
+    assert (module.EPS, module.MOMENTUM) == (spec.eps, spec.momentum)
+    d = data(spec, module, dtype)
+    running = [r.copy() for r in d["running"]]
+    y, *saved = module.forward_train(d["x"], *params(module, d), *running)
+    grads = module.backward(d["dy"], d["x"], d["gamma"], *saved)
+
+    x, gamma, beta = (to_torch(d[k], grad=True) for k in ("x", "gamma", "beta"))
+    ty, tsaved, trunning = ref.train(x, gamma, beta, [to_torch(r) for r in d["running"]])
+    ty.backward(to_torch(d["dy"]))
+    tgrads = [x.grad, gamma.grad] + ([beta.grad] if len(grads) == 3 else [])
+
+    check("y", y, ty, dtype)
+    for name, got, want in zip(module.SAVED, saved, tsaved):
+        check(name, got, want, dtype)
+    for name, got, want in zip(("dx", "dgamma", "dbeta"), grads, tgrads):
+        check(name, got, want, dtype)
+    for name, got, want in zip(module.RUNNING, running, trunning):
+        if spec.preset == "instance":  # per sample in the module, the batch mean of them in PyTorch
+            got = got.astype(np.float64).mean(0).astype(dtype)
+        check(name, got, want, dtype)
+
+
+@pytest.mark.parametrize("spec, backend, dtype", CASES)
+def test_eval(spec, backend, dtype):
+    """forward_eval and backward_eval (statistics held constant) against the eval-mode op and autograd."""
+    ref = adapter(spec)
+    module = load(spec.name, backend)
+    d = data(spec, module, dtype, seed=1)
+    before = [r.copy() for r in d["running"]]
+    y = module.forward_eval(d["x"], *params(module, d), *d["running"])
+    grads = module.backward_eval(d["dy"], d["x"], d["gamma"], *d["running"])
+    for r, b in zip(d["running"], before):
+        np.testing.assert_array_equal(r, b)  # eval mode never updates running statistics
+
+    x, gamma, beta = (to_torch(d[k], grad=True) for k in ("x", "gamma", "beta"))
+    ty = ref.eval(x, gamma, beta, [to_torch(r) for r in d["running"]])
+    ty.backward(to_torch(d["dy"]))
+    tgrads = [x.grad, gamma.grad] + ([beta.grad] if len(grads) == 3 else [])
+
+    check("y eval", y, ty, dtype)
+    for name, got, want in zip(("dx eval", "dgamma eval", "dbeta eval"), grads, tgrads):
+        check(name, got, want, dtype)
