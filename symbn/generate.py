@@ -42,6 +42,7 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
     ctx = _context(p, backend, command)
     ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
     ctx["digest"] = input_digest(spec, backend, dtypes)
+    ctx["module_id"] = f"{module_name(spec, backend, dtypes)}_{ctx['digest']}"
     ctx["dtype_text"] = " or ".join(dtypes)
     body = render("module.py.j2", ctx)
     return _with_content_hash(body)
