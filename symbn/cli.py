@@ -89,11 +89,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
         spec = spec_from_args(a)
         backends = BACKENDS if a.backend == "all" else (a.backend,)
         dtypes = DTYPES if a.dtype == "both" else (a.dtype,)
+        if a.name is not None and (not a.name.isidentifier() or keyword.iskeyword(a.name)):
+            raise specs.SpecError("name", a.name, "a valid Python identifier for the module name")
         jobs = []
         for backend in backends:
             name = a.name + ("" if len(backends) == 1 else f"_{backend}") if a.name else module_name(spec, backend, dtypes)
-            if not name.isidentifier() or keyword.iskeyword(name):
-                raise specs.SpecError("name", name, "a valid Python identifier for the module name")
             command = " ".join(["symbn", "generate"] + [_quote(arg) for arg in a.argv])
             jobs.append((out / f"{name}.py", module_text(spec, backend, command=command, dtypes=dtypes)))
     try:
