@@ -161,8 +161,10 @@ class _Builder:
 
     def output(self, root: sympy.Expr) -> tuple[Node, ...]:
         """The nodes the output needs, in order, the last one renamed y (dead branches such as 0*f(x) dropped)."""
-        if not root.is_Symbol or root not in self.by_symbol:
+        if not root.is_Symbol:
             root = self.materialize(root, "output")
+        if root not in self.by_symbol:  # the output is x itself: no nodes, which build() reports
+            return ()
         needed, stack = set(), [root]
         while stack:
             s = stack.pop()
@@ -171,7 +173,8 @@ class _Builder:
                 stack.extend(self.by_symbol[s].operands)
         nodes = [n for n in self.nodes if n.symbol in needed]
         last = nodes[-1]
-        nodes[-1] = Node("y", sym("y", **_sign(last.expr, last.kind)), last.expr, last.kind, last.op, last.operands, last.central)
+        nodes[-1] = Node("y", sym("y", **_sign(last.expr, last.kind)), last.expr, last.kind, last.op, last.operands,
+                         last.central)
         return tuple(nodes)
 
     def fresh(self, name: str) -> str:
