@@ -286,10 +286,17 @@ def make(what: str, *, layout: str | None = None, like: str | None = None, axes=
     An expression takes its axes from ``axes``/``param_axes`` (and ``ndim``, by default one more than the largest
     axis), or from the preset ``like`` for ``layout``.
     """
-    if what in PRESETS:
-        if axes is not None or param_axes is not None or like is not None:
-            raise SpecError("axes", axes, f"no explicit axes with the preset {what!r}: give a layout")
+    if what in PRESETS and axes is None and param_axes is None:
+        if like is not None:
+            raise SpecError("like", like, f"no like= with the preset {what!r} (it has its own axes)")
         return preset(what, layout, groups=groups, **options)
+    if what in PRESETS:  # a preset's forward over explicit axes, e.g. batch norm over axes (0, 2) of a rank-3 input
+        if layout is not None or like is not None:
+            raise SpecError("layout", layout or like, "no layout or like= with explicit axes")
+        row = PRESETS[what]
+        options.setdefault("center", row.center)
+        return make(f"gamma*({row.core}) + beta", axes=axes, param_axes=param_axes, ndim=ndim, groups=groups,
+                    channel_axis=channel_axis, **options).with_options(preset=what)
     if what.isidentifier() and what not in expr.NAMES:
         raise SpecError("preset", what, f"one of {', '.join(PRESETS)}, or a forward expression such as '{RMS}'")
     if like is not None:

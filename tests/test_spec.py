@@ -268,7 +268,7 @@ def test_make_expression_with_explicit_axes_infers_ndim():
 
 
 def test_make_conflicting_arguments():
-    refused(lambda: specs.make("batch", layout="NC", axes=(0,)), "axes")
+    refused(lambda: specs.make("batch", layout="NC", axes=(0,)), "layout")  # a preset takes a layout or axes
     refused(lambda: specs.make(RMS, like="layer", axes=(1,), param_axes=()), "like")
     refused(lambda: specs.make(RMS, layout="NC", axes=(1,), param_axes=()), "layout", "'NC'")
     refused(lambda: specs.make(RMS, like="instance", layout="NC"), "layout", "'NC'")

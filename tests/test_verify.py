@@ -3,7 +3,7 @@
 import pytest
 import sympy
 
-from symbn import catalog, derive, preset
+from symbn import SpecError, catalog, derive, make, preset
 from symbn.derive import DX
 from symbn.symbols import BETA, DY, EPS, GAMMA, X
 from symbn.verify import Interpreter, ProofError, index_sets, proof_shape, prove
@@ -106,3 +106,13 @@ def test_staged_and_compact_forms_agree(spec):
     for name in compact:
         for a, b in zip(staged[name], compact[name]):
             assert sympy.simplify(sympy.radsimp(a - b)) == 0, name
+
+
+def test_a_preset_over_explicit_axes_is_proven():
+    """Batch norm over axes (0, 2) of a rank-3 input with parameters over axis 1 (no layout needed)."""
+    spec = make("batch", axes=(0, 2), param_axes=(1,))
+    assert spec.preset == "batch" and spec.name == "batch_r02_p1_nd3"
+    for size in (2, 3, 4):
+        prove(derive(spec), size, seed=size)
+    with pytest.raises(SpecError, match="layout"):
+        make("batch", layout="NCL", axes=(0, 2), param_axes=(1,))
