@@ -105,9 +105,12 @@ def _context(p: Plan, backend: str, command: str) -> dict:
         eps=repr(spec.eps), momentum=repr(spec.momentum), formulas=formulas, fused=p.fused_param_sums,
         ops=dict(forward=counts["forward"]["per_element"], backward=counts["backward"]["per_element"]),
     )
+    ctx["reduced_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if b.reduced))
+    ctx["nonparam_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if not b.param))
+    needed = d.graph.nodes[:-1] if BETA in d.graph.leaves else d.graph.nodes  # y = ... + beta: its value is unused
+    ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in needed]
+    ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
     if backend == "numpy":
-        ctx["reduced_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if b.reduced))
-        ctx["nonparam_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if not b.param))
         ctx["np"] = _numpy_statements(p)
     else:
         ctx["nb"] = _numba_statements(p)

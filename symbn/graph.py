@@ -72,7 +72,11 @@ def build(tree: tuple, *, text: str, center: bool, scale: bool, ddof: int) -> Gr
     if ddof and not any(n.central for n in nodes):
         raise GraphError(text, "ddof=1 needs a central moment such as mean((x - mean(x))**2); there is none")
     leaves = tuple(s for s in (X, GAMMA, BETA) if builder.depends(root, s))
-    return Graph(nodes, leaves)
+    graph = Graph(nodes, leaves)
+    if BETA in leaves and sympy.diff(graph.base()[graph.output.symbol], BETA) != 1:
+        # Kernels take beta in the forward only: a shift never reaches a gradient, anything else would.
+        raise GraphError(text, "beta must enter as a plain shift, y = ... + beta (use gamma for a scale)")
+    return graph
 
 
 class _Builder:

@@ -40,9 +40,15 @@ def latex(e: sympy.Expr) -> str:
 
 
 class _NumPyPrinter(NumPyPrinter):
-    """NumPy code that refers to the module as ``np``; rationals print as exact float divisions."""
+    """NumPy code that refers to the module as ``np``; the two reductions call the module's _rsum and _psum."""
 
     _module = "np"
+
+    def _print_rsum(self, e):
+        return f"_rsum({self._print(e.args[0])})"
+
+    def _print_psum(self, e):
+        return f"_psum({self._print(e.args[0])})"
 
 
 class _ScalarPrinter(PythonCodePrinter):

@@ -195,3 +195,17 @@ def test_numba_disk_cache_survives_a_different_import_name(tmp_path):
         out = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True)
         assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
     assert list((tmp_path / "__pycache__").glob("*.nbi"))
+
+
+@pytest.mark.parametrize("spec, backend", ENTRIES, ids=IDS)
+def test_staged_backward_kernel_matches_the_compact_one(spec, backend):
+    """backward_staged runs the engine's staged program (one adjoint per node); backward its compact form."""
+    m = module(spec, backend)
+    data = checks.inputs(m, seed=7)
+    y, *saved = m.forward_train(data["x"], *params_of(m, data))
+    gamma = [data["gamma"]] if "gamma" in data else []
+    compact = m.backward(data["dy"], data["x"], *gamma, *saved)
+    staged = m.backward_staged(data["dy"], data["x"], *gamma)
+    for a, b in zip(compact, staged, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
