@@ -62,6 +62,8 @@ class Derivation:
     eval_mode: Program  # dx, dgamma, dbeta with the statistics held constant (running statistics)
     running: Program  # running-statistic updates, one per reduction node
     primal: bool  # True when no affine normalized coordinate exists and the compact form stays in x
+    rewrites: tuple[tuple[str, sympy.Expr], ...]  # dx after each stage of the simplification, staged to compact
+    identities: tuple[tuple[sympy.Expr, sympy.Expr], ...]  # sums the forward's statistics define: sum(x) -> M*mu
 
     def output(self, program: Program, symbol: sympy.Symbol) -> sympy.Expr:
         return dict(program)[symbol]
@@ -136,9 +138,20 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
     env: dict = {}
     for s, e in staged:
         env[s] = e.xreplace(env)
-    dx = finish(_pull(env[DX].xreplace(base), varying | {X}).xreplace(rules))
-    dx, reductions = _name_reductions(sympy.expand(dx))
+    # Each stage is kept for the derivation documents: they show the road from the staged result to the compact one.
+    inlined = env[DX]
+    in_x = inlined.xreplace(base)
+    pulled = _pull(in_x, varying | {X})
+    identified = pulled.xreplace(rules)
+    in_coords = finish(identified)
+    dx, reductions = _name_reductions(sympy.expand(in_coords))
     compact = [(DX, _tidy(dx))]
+    rewrites = (
+        ("inline", inlined), ("elementwise nodes in x and the statistics", in_x),
+        ("set-constant factors out of the sums", pulled), ("sums the forward defines", identified),
+        ("normalized coordinate", sympy.factor_terms(sympy.expand(in_coords))),
+        ("named reductions, factored", compact[0][1]),
+    )
     eval_mode = [(DX, _tidy(finish(DY * sympy.diff(base[g.output.symbol], X))))]
     for leaf, d in ((GAMMA, DGAMMA), (BETA, DBETA)):
         if leaf in g.leaves:
@@ -146,7 +159,7 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
             eval_mode.append((d, finish(psum(DY * sympy.diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
     return dict(graph=g, steps=steps, staged=staged, coordinates=tuple(coords), reductions=reductions,
                 compact=tuple(compact), eval_mode=tuple(eval_mode), running=_running(g, ddof, running),
-                primal=primal)
+                primal=primal, rewrites=rewrites, identities=tuple(rules.items()))
 
 
 def _reverse(g: Graph) -> tuple[tuple[Step, ...], Program]:
