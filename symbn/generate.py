@@ -13,7 +13,7 @@ from .printers import cse, numpy_code, scalar_code, text
 from .render import render, template_source
 from .report import axis_names, describe_spec, set_size_text
 from .spec import Spec
-from .symbols import BETA, DY, GAMMA, M, MOMENTUM, X
+from .symbols import BETA, DY, GAMMA, MOMENTUM, X
 
 BACKENDS = ("numpy", "numba")
 DTYPES = ("float32", "float64")
@@ -102,7 +102,7 @@ def _context(p: Plan, backend: str, command: str) -> dict:
         ndim=spec.ndim, layout=repr(spec.layout), reduce_axes=repr(spec.reduce_axes),
         param_axes=repr(spec.param_axes), groups=repr(spec.groups), channel_axis=repr(spec.channel_axis),
         blocks=repr(tuple((b.axes, b.split, b.reduced, b.param) for b in p.blocks)),
-        eps=repr(spec.eps), momentum=repr(spec.momentum), formulas=formulas, fused=p.fused_param_sums,
+        eps=repr(spec.eps), momentum=repr(spec.momentum), formulas=formulas,
         ops=dict(forward=counts["forward"]["per_element"], backward=counts["backward"]["per_element"]),
     )
     ctx["reduced_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if b.reduced))
@@ -150,9 +150,7 @@ def _numba_statements(p: Plan) -> dict:
     kept = [i for i in all_ if not blocks[i].reduced]
     reduced = [i for i in all_ if blocks[i].reduced]
     param = [i for i in all_ if blocks[i].param]
-    nonparam = [i for i in all_ if not blocks[i].param]
     elem = ", ".join(f"i{i}" for i in all_)
-    coords = dict(p.coordinates)
 
     def code(e: sympy.Expr) -> str:
         return scalar_code(e, _SCALAR_NAMES)
@@ -177,33 +175,19 @@ def _numba_statements(p: Plan) -> dict:
 
     y_loads, (y_code,) = with_cse([p.y])
     # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared across.
-    summands = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if p.fused_param_sums else [])
-    sum_loads, sum_codes = with_cse(summands) if summands else ([], [])
-    dx_loads, (dx_code,) = with_cse([p.dx])
-    eval_loads, (eval_dx_code,) = with_cse([p.eval_dx])
-    sums = list(zip([s.name for s, _ in p.sums], sum_codes[:len(p.sums)]))
-    psums = list(zip([s.name for s, _ in p.param_sums], sum_codes[len(p.sums):]))
-
-    def param_kernel(name: str, exprs, stats) -> dict:
-        used = set().union(*(e.free_symbols for _, e in exprs), *(coords[c].free_symbols for c in coords))
-        return dict(name=name, stats=[s.name for s in stats if s in used], loads=loads([e for _, e in exprs]),
-                    sums=[(s.name, code(e)) for s, e in exprs])
-
-    kernels = []
-    if p.param_sums and not p.fused_param_sums:
-        kernels.append(param_kernel("train", p.param_sums, p.saved))
-    if p.eval_param_sums:
-        kernels.append(param_kernel("eval", p.eval_param_sums, p.eval_stats))
+    sum_loads, sum_codes = with_cse([e for _, e in p.sums]) if p.sums else ([], [])
+    dx_loads, dx_codes = with_cse([p.dx] + [e for _, e in p.param_sums])
+    eval_loads, eval_codes = with_cse([p.eval_dx] + [e for _, e in p.eval_param_sums])
     return dict(
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
-        stats=_space(kept, reduced, "k"), params=_space(param, nonparam, "q"),
-        elem=elem, stat_flat=_flat(kept),
+        stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param),
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=code(s.expr), denominator=code(s.denominator),
                           loads=loads([s.expr]) if s.reduce else []) for s in p.train_steps],
-        y=dict(loads=y_loads, code=y_code), backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=dx_code,
-        sums=sums,
-        param_sums=psums if p.fused_param_sums else [(s.name, "") for s, _ in p.param_sums], eval_backward=dict(loads=eval_loads), eval_dx=eval_dx_code, param_kernels=kernels,
+        y=dict(loads=y_loads, code=y_code),
+        sums=list(zip([s.name for s, _ in p.sums], sum_codes)),
+        backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=dx_codes[0], param_sums=dx_codes[1:],
+        eval_backward=dict(loads=eval_loads), eval_dx=eval_codes[0], eval_param_sums=eval_codes[1:],
     )
 
 

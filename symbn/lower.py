@@ -66,14 +66,6 @@ class Plan:
     def has_beta(self) -> bool:
         return BETA in self.derivation.graph.leaves
 
-    @property
-    def fused_param_sums(self) -> bool:
-        """Whether each parameter's elements are exactly one statistic's set (batch norm): then dgamma and dbeta
-        are finished inside the statistic loop, with no second pass and no race between threads."""
-        kept = [i for i, b in enumerate(self.blocks) if not b.reduced]
-        params = [i for i, b in enumerate(self.blocks) if b.param]
-        return kept == params
-
 
 def blocks(spec) -> tuple[Block, ...]:
     parts = []
