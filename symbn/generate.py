@@ -144,6 +144,43 @@ def _numpy_statements(p: Plan) -> dict:
     )
 
 
+class _Scalar:
+    """Scalar code for one loop nest: how an element, a parameter and a statistic are read there."""
+
+    def __init__(self, p: Plan, elem: str, param: str, stat: str | None = None, arrays=("xb", "dyb")):
+        self.p, self.elem, self.param, self.stat, self.arrays = p, elem, param, stat, arrays
+        self.stats = {n.symbol for n in p.derivation.graph.nodes if n.kind != "elem"} | {s for s, _ in p.sums}
+
+    def code(self, e: sympy.Expr) -> str:
+        return scalar_code(e, _SCALAR_NAMES)
+
+    def used(self, exprs: list[sympy.Expr]) -> set:
+        used = set().union(*(e.free_symbols for e in exprs))
+        for c, e in self.p.coordinates:
+            if c in used:
+                used |= e.free_symbols
+        return used
+
+    def stats_in(self, exprs: list[sympy.Expr]) -> list[str]:
+        return sorted(s.name for s in self.used(exprs) & self.stats)
+
+    def loads(self, exprs: list[sympy.Expr]) -> list[str]:
+        """Element loads, statistics (when read per element), coordinates a group of expressions needs."""
+        used = self.used(exprs)
+        x, dy = self.arrays
+        lines = [line for symbol, line in (
+            (X, f"xv = {x}[{self.elem}]"), (DY, f"dyv = {dy}[{self.elem}]"),
+            (GAMMA, f"gv = gamma[{self.param}]"), (BETA, f"bv = beta[{self.param}]")) if symbol in used]
+        if self.stat:
+            lines += [f"{name} = a_{name}[{self.stat}]" for name in self.stats_in(exprs)]
+        return lines + [f"{c} = {self.code(e)}" for c, e in self.p.coordinates if c in used]
+
+    def with_cse(self, exprs: list[sympy.Expr]) -> tuple[list[str], list[str]]:
+        shared, reduced_exprs = cse(exprs)
+        return (self.loads(exprs) + [f"{s} = {self.code(e)}" for s, e in shared],
+                [self.code(e) for e in reduced_exprs])
+
+
 def _numba_statements(p: Plan) -> dict:
     blocks = p.blocks
     all_ = list(range(len(blocks)))
@@ -151,43 +188,60 @@ def _numba_statements(p: Plan) -> dict:
     reduced = [i for i in all_ if blocks[i].reduced]
     param = [i for i in all_ if blocks[i].param]
     elem = ", ".join(f"i{i}" for i in all_)
-
-    def code(e: sympy.Expr) -> str:
-        return scalar_code(e, _SCALAR_NAMES)
-
-    def loads(exprs: list[sympy.Expr]) -> list[str]:
-        """Element loads, coordinates and common subexpressions a group of expressions needs."""
-        used = set().union(*(e.free_symbols for e in exprs))
-        lines = []
-        for c, e in p.coordinates:
-            if c in used:
-                used |= e.free_symbols
-        for symbol, line in ((X, f"xv = xb[{elem}]"), (DY, f"dyv = dyb[{elem}]"),
-                             (GAMMA, f"gv = gamma[{_flat(param)}]"), (BETA, f"bv = beta[{_flat(param)}]")):
-            if symbol in used:
-                lines.append(line)
-        lines += [f"{c} = {code(e)}" for c, e in p.coordinates if c in used]
-        return lines
-
-    def with_cse(exprs: list[sympy.Expr]) -> tuple[list[str], list[str]]:
-        shared, reduced_exprs = cse(exprs)
-        return loads(exprs) + [f"{s} = {code(e)}" for s, e in shared], [code(e) for e in reduced_exprs]
-
-    y_loads, (y_code,) = with_cse([p.y])
+    sc = _Scalar(p, elem, _flat(param))
+    y_loads, (y_code,) = sc.with_cse([p.y])
     # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared across.
-    sum_loads, sum_codes = with_cse([e for _, e in p.sums]) if p.sums else ([], [])
-    dx_loads, dx_codes = with_cse([p.dx] + [e for _, e in p.param_sums])
-    eval_loads, eval_codes = with_cse([p.eval_dx] + [e for _, e in p.eval_param_sums])
+    sum_loads, sum_codes = sc.with_cse([e for _, e in p.sums]) if p.sums else ([], [])
+    dx_loads, dx_codes = sc.with_cse([p.dx] + [e for _, e in p.param_sums])
+    eval_loads, eval_codes = sc.with_cse([p.eval_dx] + [e for _, e in p.eval_param_sums])
     return dict(
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
         stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param),
-        train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=code(s.expr), denominator=code(s.denominator),
-                          loads=loads([s.expr]) if s.reduce else []) for s in p.train_steps],
+        train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
+                          denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
+                     for s in p.train_steps],
         y=dict(loads=y_loads, code=y_code),
         sums=list(zip([s.name for s, _ in p.sums], sum_codes)),
         backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=dx_codes[0], param_sums=dx_codes[1:],
         eval_backward=dict(loads=eval_loads), eval_dx=eval_codes[0], eval_param_sums=eval_codes[1:],
+        column=_column_statements(p),
+    )
+
+
+def _column_statements(p: Plan) -> dict | None:
+    """Layouts whose innermost block is kept (batch norm NHWC and NC, instance norm NHWC): statistics run along the
+    contiguous axis, so the loops go over rows and keep one accumulator per column. The input is viewed as
+    (O, R, C): kept outer blocks, reduced blocks, the kept innermost block, with parameters (if any) over C only."""
+    b = p.blocks
+    n = len(b)
+    if b[-1].reduced:
+        return None
+    first_reduced = next(i for i, block in enumerate(b) if block.reduced)
+    if any(block.reduced for block in b[:first_reduced]) or not all(block.reduced for block in b[first_reduced:-1]):
+        return None
+    if any(block.param for block in b[:-1]):
+        return None
+    sc = _Scalar(p, "o, r, c", "c" if b[-1].param else "0", stat="o, c", arrays=("x3", "dy3"))
+
+    def kernel(exprs, extra=()):
+        loads, codes = sc.with_cse(list(exprs))
+        return dict(stats=sc.stats_in(list(exprs)), loads=loads, codes=codes)
+
+    steps = []
+    for s in p.train_steps:
+        step = dict(name=s.symbol.name, reduce=s.reduce, code_np=numpy_code(s.expr, {}),
+                    denominator_np=numpy_code(s.denominator, {}))
+        if s.reduce:
+            step |= kernel([s.expr])
+        steps.append(step)
+    return dict(
+        outer=repr(tuple(range(first_reduced))), reduced=repr(tuple(range(first_reduced, n - 1))),
+        param_over_c=b[-1].param,
+        train_steps=steps, y=kernel([p.y]),
+        sums=kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums]) if p.sums else None,
+        dx=kernel([p.dx] + [e for _, e in p.param_sums]),
+        eval_dx=kernel([p.eval_dx] + [e for _, e in p.eval_param_sums]),
     )
 
 
