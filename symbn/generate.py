@@ -191,19 +191,25 @@ def _numba_statements(p: Plan) -> dict:
     sc = _Scalar(p, elem, _flat(param))
     y_loads, (y_code,) = sc.with_cse([p.y])
     # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared across.
-    sum_loads, sum_codes = sc.with_cse([e for _, e in p.sums]) if p.sums else ([], [])
-    dx_loads, dx_codes = sc.with_cse([p.dx] + [e for _, e in p.param_sums])
+    # When each statistic's elements share one parameter, dgamma/dbeta are sums over the same set as the named
+    # reductions (batch norm: dbeta = sum(dy), dgamma = sum(dy*xhat)): accumulate them in the first loop, where CSE
+    # computes each shared summand once.
+    param_per_stat = set(param) <= set(kept)
+    first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if param_per_stat else [])
+    sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
+    dx_loads, dx_codes = sc.with_cse([p.dx] + ([] if param_per_stat else [e for _, e in p.param_sums]))
     eval_loads, eval_codes = sc.with_cse([p.eval_dx] + [e for _, e in p.eval_param_sums])
     return dict(
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
-        stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param),
+        stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=param_per_stat,
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
                      for s in p.train_steps],
         y=dict(loads=y_loads, code=y_code),
         sums=list(zip([s.name for s, _ in p.sums], sum_codes)),
-        backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=dx_codes[0], param_sums=dx_codes[1:],
+        backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=dx_codes[0],
+        param_sums=sum_codes[len(p.sums):] if param_per_stat else dx_codes[1:],
         eval_backward=dict(loads=eval_loads), eval_dx=eval_codes[0], eval_param_sums=eval_codes[1:],
         column=_column_statements(p),
     )
