@@ -22,30 +22,30 @@ MOMENTUM = sympy.Symbol("momentum", positive=True)
 RESERVED = frozenset({"x", "gamma", "beta", "eps", "M", "dy", "momentum"})
 
 
-class rsum(sympy.Function):
+class _SetSum(sympy.Function):
+    """An unevaluated sum of an elementwise expression over a set of elements; subclasses name the set."""
+
+    nargs = 1
+    is_real = True
+    text_name = latex_sum = ""
+
+    def _sympystr(self, printer):
+        return f"{self.text_name}({printer._print(self.args[0])})"
+
+    def _latex(self, printer):
+        return self.latex_sum + r"\left(" + printer._print(self.args[0]) + r"\right)"
+
+
+class rsum(_SetSum):
     """Sum over the reduction set of one statistic."""
 
-    nargs = 1
-    is_real = True
-
-    def _sympystr(self, printer):
-        return f"sum({printer._print(self.args[0])})"
-
-    def _latex(self, printer):
-        return r"\sum\left(" + printer._print(self.args[0]) + r"\right)"
+    text_name, latex_sum = "sum", r"\sum"
 
 
-class psum(sympy.Function):
+class psum(_SetSum):
     """Sum over the axes the affine parameters do not span."""
 
-    nargs = 1
-    is_real = True
-
-    def _sympystr(self, printer):
-        return f"psum({printer._print(self.args[0])})"
-
-    def _latex(self, printer):
-        return r"\sum_{p}\left(" + printer._print(self.args[0]) + r"\right)"
+    text_name, latex_sum = "psum", r"\sum_{p}"
 
 
 def sym(name: str, **assumptions) -> sympy.Symbol:
