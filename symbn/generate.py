@@ -203,6 +203,7 @@ def _numba_statements(p: Plan) -> dict:
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
         stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=param_per_stat,
+        param_fixed_inner=reduced[-1] not in param,
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
                      for s in p.train_steps],
@@ -271,4 +272,4 @@ def _space(outer: list[int], inner: list[int], var: str) -> dict:
         unravel.append(f"i{outer[0]} = {rest}")
     loops = ["    " * depth + f"for i{i} in range(n{i}):" for depth, i in enumerate(inner)]
     return dict(count=" * ".join(f"n{i}" for i in outer) or "1", unravel=unravel, loops=loops,
-                indent="    " * len(inner))
+                indent="    " * len(inner), inner_indent="    " * (len(inner) - 1))
