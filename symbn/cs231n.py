@@ -1,0 +1,154 @@
+"""The normalization functions of cs231n (2020) assignment 2, over symbn kernels: course code switches by changing
+one import (``from symbn.cs231n import batchnorm_forward, ...``).
+
+Semantics follow the assignment's layers.py:
+
+- ``bn_param``: ``mode`` ('train' or 'test', required), ``eps`` (1e-5), ``momentum`` (0.9); ``running_mean`` and
+  ``running_var`` are created as zeros of x's dtype on first use, stored in the dict and updated in place with
+  running = momentum*running + (1 - momentum)*batch, the batch variance uncorrected (symbn's "keras" convention).
+  Test mode normalizes with the running statistics.
+- ``ln_param`` / ``gn_param``: ``eps`` (1e-5); layer and group norm use each sample's statistics in both modes.
+- Shapes: batchnorm and layernorm x (N, D) with gamma, beta (D,); spatial batchnorm x (N, C, H, W) with gamma, beta
+  (C,); spatial groupnorm x (N, C, H, W) with gamma, beta (1, C, 1, 1). Backward returns dx, dgamma, dbeta with the
+  shapes of x, gamma, beta.
+
+``batchnorm_backward`` uses the engine's staged form (one adjoint per forward node, the step-by-step backward the
+assignment asks for first); ``batchnorm_backward_alt`` and the others use the compact form. Caches are opaque.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .output import load
+from .spec import preset
+
+BACKEND = "numpy"  # assignment-sized arrays: the NumPy kernels need no compilation
+
+
+def _kernels(name: str, layout: str, **options):
+    # symbn.load caches modules by spec, so this is cheap after the first call.
+    return load(preset(name, layout, **options), BACKEND)
+
+
+def _array(name: str, a, ndim: int) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions; got shape {a.shape}")
+    return a
+
+
+def _running(param: dict, key: str, n: int, dtype) -> np.ndarray:
+    """param[key] as a writeable float array the kernel can update in place, created as zeros on first use."""
+    r = param.get(key)
+    if r is None:
+        r = np.zeros(n, dtype=dtype)
+    elif not (isinstance(r, np.ndarray) and r.flags.writeable and r.dtype in (np.float32, np.float64)):
+        r = np.array(r, dtype=np.float64)
+    if r.shape != (n,):
+        raise ValueError(f"bn_param[{key!r}]: expected shape ({n},); got {r.shape}")
+    param[key] = r
+    return r
+
+
+def _batchnorm(x, gamma, beta, bn_param, layout):
+    if not isinstance(bn_param, dict):
+        raise TypeError(f"bn_param: expected a dict; got {type(bn_param).__name__}")
+    if "mode" not in bn_param:
+        raise KeyError("bn_param: expected a 'mode' key, 'train' or 'test'")
+    mode = bn_param["mode"]
+    eps = bn_param.get("eps", 1e-5)
+    momentum = bn_param.get("momentum", 0.9)
+    kernels = _kernels("batch", layout, running="keras")
+    channels = x.shape[1]
+    mean = _running(bn_param, "running_mean", channels, x.dtype)
+    var = _running(bn_param, "running_var", channels, x.dtype)
+    if mode == "train":
+        out, mu, istd = kernels.forward_train(x, gamma, beta, mean, var, momentum=momentum, eps=eps)
+        cache = ("train", kernels, x, gamma, _shapes(gamma, beta), (mu, istd), eps)
+    elif mode == "test":
+        out = kernels.forward_eval(x, gamma, beta, mean, var, eps=eps)
+        cache = ("test", kernels, x, gamma, _shapes(gamma, beta), (mean.copy(), var.copy()), eps)
+    else:
+        raise ValueError(f'Invalid forward batchnorm mode "{mode}"')  # the assignment's own message
+    return out, cache
+
+
+def _shapes(gamma, beta):
+    """The shapes backward gives dgamma and dbeta: those of the parameters as the caller passed them."""
+    return np.shape(gamma), np.shape(beta)
+
+
+def _backward(dout, cache, staged=False):
+    # gamma as the kernel takes it (flat for group norm); shapes: the caller's parameter shapes
+    mode, kernels, x, gamma, shapes, stats, eps = cache
+    dout = np.asarray(dout)
+    if dout.shape != x.shape:
+        raise ValueError(f"dout: expected the shape of x {x.shape}; got {dout.shape}")
+    dout = dout.astype(x.dtype, copy=False)
+    if mode == "test":
+        dx, dgamma, dbeta = kernels.backward_eval(dout, x, gamma, *stats, eps=eps)
+    elif staged:
+        dx, dgamma, dbeta = kernels.backward_staged(dout, x, gamma, eps=eps)
+    else:
+        dx, dgamma, dbeta = kernels.backward(dout, x, gamma, *stats, eps=eps)
+    return dx, dgamma.reshape(shapes[0]), dbeta.reshape(shapes[1])
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch norm of x (N, D), gamma and beta (D,): (out, cache); running statistics updated in bn_param."""
+    return _batchnorm(_array("x", x, 2), gamma, beta, bn_param, "NC")
+
+
+def batchnorm_backward(dout, cache):
+    """(dx, dgamma, dbeta) by the staged backward: the forward graph's nodes differentiated one by one."""
+    return _backward(dout, cache, staged=True)
+
+
+def batchnorm_backward_alt(dout, cache):
+    """(dx, dgamma, dbeta) from the compact form dx = gamma*istd/M*(M*dy - sum(dy) - xhat*sum(dy*xhat))."""
+    return _backward(dout, cache)
+
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Layer norm of each row of x (N, D), gamma and beta (D,): (out, cache). Uses ln_param['eps'] (1e-5)."""
+    x = _array("x", x, 2)
+    eps = ln_param.get("eps", 1e-5)
+    kernels = _kernels("layer", "NC")
+    out, mu, istd = kernels.forward_train(x, gamma, beta, eps=eps)
+    return out, ("train", kernels, x, gamma, _shapes(gamma, beta), (mu, istd), eps)
+
+
+def layernorm_backward(dout, cache):
+    return _backward(dout, cache)
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch norm of x (N, C, H, W) per channel, gamma and beta (C,): (out, cache)."""
+    return _batchnorm(_array("x", x, 4), gamma, beta, bn_param, "NCHW")
+
+
+def spatial_batchnorm_backward(dout, cache):
+    return _backward(dout, cache)
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """Group norm of x (N, C, H, W) in G groups of C // G channels, gamma and beta (1, C, 1, 1): (out, cache)."""
+    x = _array("x", x, 4)
+    if isinstance(G, bool) or not isinstance(G, (int, np.integer)) or G < 1:
+        raise ValueError(f"G: expected a positive number of groups; got {G!r}")
+    if x.shape[1] % G:
+        raise ValueError(f"G: expected a divisor of the channel count {x.shape[1]}; got {G}")
+    c = x.shape[1]
+    for name, p in (("gamma", gamma), ("beta", beta)):
+        if np.shape(p) != (1, c, 1, 1):
+            raise ValueError(f"{name}: expected shape (1, {c}, 1, 1); got {np.shape(p)}")
+    eps = gn_param.get("eps", 1e-5)
+    kernels = _kernels("group", "NCHW", groups=int(G))
+    g, b = np.reshape(gamma, c), np.reshape(beta, c)
+    out, mu, istd = kernels.forward_train(x, g, b, eps=eps)
+    return out, ("train", kernels, x, g, _shapes(gamma, beta), (mu, istd), eps)
+
+
+def spatial_groupnorm_backward(dout, cache):
+    return _backward(dout, cache)
