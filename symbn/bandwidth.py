@@ -1,0 +1,110 @@
+"""The machine side of the performance model: the least bytes a pass must move, how fast this machine streams them
+(measured with a large copy and a large reduction, in the same process as the kernels), what the machine is, and how
+busy other processes kept it while we measured."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+#: Whole tensors a pass must at least move, in units of E*s (E elements of s bytes): forward and inference read x
+#: and write y; backward reads x and dy and writes dx; forward+backward does both.
+TENSORS_MOVED = {"forward": 2, "backward": 3, "forward+backward": 5, "inference": 2}
+
+
+def min_bytes(pass_name: str, elements: int, itemsize: int) -> int:
+    return TENSORS_MOVED[pass_name] * elements * itemsize
+
+
+def _chunks(a: np.ndarray, parts: int) -> list[np.ndarray]:
+    return np.array_split(a, parts) if parts > 1 else [a]
+
+
+def _best_rate(work, bytes_moved: int, repeat: int) -> float:
+    """GB/s of the fastest of *repeat* runs: the bound is what the machine can do, not what it does on average."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - t)
+    return bytes_moved / best / 1e9
+
+
+def stream(mib: int = 256, threads: int = 1, repeat: int = 5) -> dict[str, float]:
+    """GB/s of ``np.copyto`` (bytes read + written) and ``np.sum`` (bytes read) over float64 arrays of *mib* MiB,
+    split over *threads* Python threads (NumPy releases the GIL in both, so the threads really run together)."""
+    n = mib * 2**20 // 8
+    src = np.ones(n)
+    dst = np.empty(n)
+    np.copyto(dst, src)  # touch every page once: page faults are not bandwidth
+    pairs = list(zip(_chunks(dst, threads), _chunks(src, threads)))
+    parts = _chunks(src, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        def copy():
+            list(pool.map(lambda p: np.copyto(*p), pairs))
+
+        def reduce():
+            list(pool.map(np.sum, parts))
+
+        copy(), reduce()  # warm the pool and the caches' state
+        return {"copy": _best_rate(copy, 2 * src.nbytes, repeat), "sum": _best_rate(reduce, src.nbytes, repeat)}
+
+
+def measure(threads: int, mib: int = 256, repeat: int = 5) -> dict:
+    """Copy and reduction with one thread and with *threads*; the bound is the best rate of them all, so a kernel's
+    fraction of it is never flattered."""
+    runs = {1: stream(mib, 1, repeat)}
+    if threads > 1:
+        runs[threads] = stream(mib, threads, repeat)
+    rates = {f"{kind}_{t}t_gbps": rate for t, r in runs.items() for kind, rate in r.items()}
+    return {"array_mib": mib, "repeat": repeat, **rates, "bound_gbps": max(rates.values())}
+
+
+def machine(torch=None) -> dict:
+    import platform
+
+    import numba
+
+    info = {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                           if line.startswith("model name"))
+        info["memory_gib"] = round(next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                                        if line.startswith("MemTotal")) / 2**20, 1)
+        for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+            if (index / "level").read_text().strip() == "3":
+                info["l3"] = (index / "size").read_text().strip()
+    except (OSError, StopIteration):
+        pass  # not Linux: the platform module's answer stands
+    info["torch"] = torch.__version__ if torch else None
+    try:
+        info["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        info["numba_threading_layer"] = None
+    return info
+
+
+def cpu_seconds():
+    """(wall clock, CPU seconds busy on the whole machine, CPU seconds of this process); None where unknown."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    own = os.times()
+    return time.perf_counter(), (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def others_share(before, after) -> float | None:
+    """The share of the machine's CPU time that other processes took while we measured: on a shared machine a
+    busy neighbour slows parallel kernels most (a descheduled thread stalls the whole team)."""
+    if before is None or after is None:
+        return None
+    wall, busy, own = (b - a for a, b in zip(before, after))
+    return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))

@@ -1,0 +1,111 @@
+"""The benchmark harness: the smoke run end to end, the naive staged baseline against the generated kernels, and
+usage errors. Nothing here is timed: speed is what ``symbn bench`` measures, never what a test asserts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from symbn import bench, cli
+from symbn.checks import parameter_names
+
+TOL = {"float64": 1e-10, "float32": 1e-4}
+
+
+def rel(a, ref) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("dtype", bench.DTYPES)
+@pytest.mark.parametrize("backend", ("numpy", "numba"))
+@pytest.mark.parametrize("case", bench.CASES, ids=[c.name for c in bench.CASES])
+def test_staged_baseline_agrees_with_the_generated_kernels(case, backend, dtype):
+    spec = case.spec
+    module = bench.load_module(spec, backend)
+    data = bench.make_data(spec, case.smoke_shape, np.dtype(dtype), module, seed=3)
+    names = parameter_names(module)
+    params = [data[p] for p in names]
+    staged = bench.Staged(spec)
+    assert [p for p in ("gamma", "beta") if (p == "gamma" and staged.has_gamma) or
+            (p == "beta" and staged.has_beta)] == names
+
+    y, *saved = module.forward_train(data["x"], *params)
+    y_ref, cache = staged.forward_train(data["x"], **dict(zip(names, params)))
+    assert y_ref.dtype == np.dtype(dtype)
+    assert rel(y, y_ref) < TOL[dtype]
+
+    grads = module.backward(data["dy"], data["x"], *params[:1], *saved)
+    grads_ref = staged.backward(data["dy"], cache)
+    assert len(grads) == len(grads_ref) == 1 + len(names)
+    for what, g, g_ref in zip(["dx"] + [f"d{p}" for p in names], grads, grads_ref):
+        assert g.shape == g_ref.shape, what
+        assert rel(g, g_ref) < TOL[dtype], what
+
+    running = [r + 0.25 for r in data["running"]]  # not the trivial 0/1 start
+    y_eval = module.forward_eval(data["x"], *params, *running)
+    assert rel(y_eval, staged.forward_eval(data["x"], **dict(zip(names, params)), running=running)) < TOL[dtype]
+
+
+def test_staged_baseline_updates_running_statistics_like_the_module():
+    case = next(c for c in bench.CASES if c.name == "batch_nchw")
+    module = bench.load_module(case.spec, "numpy")
+    data = bench.make_data(case.spec, case.smoke_shape, np.dtype("float64"), module)
+    mine = [r.copy() for r in data["running"]]
+    theirs = [r.copy() for r in data["running"]]
+    bench.Staged(case.spec).forward_train(data["x"], data["gamma"], data["beta"], running=mine)
+    module.forward_train(data["x"], data["gamma"], data["beta"], *theirs)
+    for a, b in zip(mine, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "chart.png"
+    assert cli.main(["bench", "--smoke", "--json", str(out_json), "--plot", str(out_png)]) == 0
+    text = capsys.readouterr().out
+    for case in bench.CASES:
+        assert case.name in text
+    assert "bandwidth" in text and "numba f+b" in text
+
+    result = json.loads(out_json.read_text())
+    assert {"format", "machine", "settings", "bandwidth", "results", "command"} <= set(result)
+    assert result["settings"]["smoke"] and result["settings"]["repeat"] == 1
+    assert result["bandwidth"]["bound_gbps"] > 0
+    try:
+        import torch  # noqa: F401
+        impls = set(bench.IMPLS)
+    except ImportError:
+        impls = set(bench.IMPLS) - {"torch"}
+    rows = result["results"]
+    assert {(r["case"], r["dtype"], r["pass"], r["impl"]) for r in rows} == {
+        (c.name, d, p, i) for c in bench.CASES for d in bench.DTYPES for p in bench.PASSES for i in impls}
+    for r in rows:
+        assert r["min_s"] <= r["median_s"] <= r["max_s"] and len(r["times_s"]) == 1
+        assert r["gbps"] > 0 and r["fraction_of_bound"] > 0 and r["first_call_s"] > 0
+        assert r["max_rel_diff_vs_naive"] < TOL[r["dtype"]] * 10, r
+        if "torch" in impls:
+            assert r["speedup_vs_torch"]["min"] <= r["speedup_vs_torch"]["median"] <= r["speedup_vs_torch"]["max"]
+        if r["impl"] == "symbn-numba":
+            assert {"compiled", "loaded_from_cache"} <= set(r["jit"])
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cases", "batch_nchw,nosuch"], "'nosuch' matches no case"),
+    (["--dtypes", "float16"], "'float16' is not supported"),
+    (["--threads", "0"], "--threads: expected 1 to"),
+    (["--repeat", "0"], "--repeat: expected at least 1"),
+])
+def test_bad_bench_arguments_fail_clearly(argv, message, tmp_path, capsys):
+    # --smoke: should a check ever slip, the test runs the tiny benchmark and fails, rather than the full one
+    assert cli.main(["bench", "--smoke", "--json", str(tmp_path / "b.json"), "--plot", "none", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("symbn: error: ") and message in captured.err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_case_selection_by_substring():
+    assert [c.name for c in bench.select(["batch_nchw"])] == ["batch_nchw", "batch_nchw_large"]
+    assert [c.name for c in bench.select(["rms", "layer"])] == ["layer_nc", "rms_nc"]
+    assert len(bench.select(None)) == len(bench.CASES)
