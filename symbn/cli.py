@@ -56,6 +56,8 @@ def cmd_derive(a: argparse.Namespace) -> int:
     from .derive import derive
     from .report import render
 
+    if a.format != "text":
+        return cmd_document(a)
     d = derive(spec_from_args(a))
     sys.stdout.write(render(d))
     if a.prove:
@@ -65,6 +67,45 @@ def cmd_derive(a: argparse.Namespace) -> int:
         for proof in prove_all(d):
             print(f"  {proof}")
     return 0
+
+
+def cmd_document(a: argparse.Namespace) -> int:
+    """symbn derive SPEC --format md|html|tex [-o DIR]: the derivation document, to DIR/NAME.EXT or stdout."""
+    from pathlib import Path
+
+    from . import docs
+
+    spec = spec_from_args(a)
+    out = Path(a.output) if a.output else None
+    text, ok = docs.single(spec, a.format, out)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        path = out / f"{spec.name}.{a.format}"
+        docs.write(out, {path.name: text})
+        print(f"wrote {path}")
+    return 0 if ok else 1
+
+
+def cmd_docs(a: argparse.Namespace) -> int:
+    """symbn docs: a Markdown and an HTML document per catalogue entry, and index pages (after generate --catalog:
+    the documents quote generated/ and measure it)."""
+    from pathlib import Path
+
+    from . import docs
+
+    out = Path(a.output)
+    files, ok = docs.catalog_documents(jobs=a.jobs)
+    if a.check:
+        diffs = docs.stale(out, files)
+        sys.stdout.write("".join(diffs) or f"{out}: fresh\n")
+        return 1 if diffs else 0
+    changed = docs.write(out, files)
+    for name in sorted(files):
+        print(f"{'wrote    ' if out / name in changed else 'unchanged'} {out / name}")
+    if not ok:
+        print("symbn: error: a proof or a check failed; the documents say which", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -133,13 +174,58 @@ def cmd_list(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import bench, bench_report
+
+    def fail(message: str) -> int:
+        print(f"symbn: error: {message}", file=sys.stderr)
+        return 2
+
+    def names(text):
+        return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+    plot = None if a.plot.lower() == "none" else Path(a.plot)
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401  (checked before minutes of measuring, not after)
+        except ImportError:
+            return fail("--plot needs matplotlib (pip install matplotlib), or pass --plot none")
+    try:
+        bench.select(names(a.cases))  # a typo fails now, not after the bandwidth measurement
+        result = bench.run(names(a.cases), names(a.dtypes) or bench.DTYPES, a.repeat, a.threads, a.smoke,
+                           progress=lambda what: print(f"measuring {what} ...", file=sys.stderr, flush=True))
+    except bench.BenchError as err:
+        return fail(str(err))
+    result["command"] = " ".join(["symbn", "bench"] + [_quote(arg) for arg in a.argv])
+    sys.stdout.write(bench_report.header(result) + bench_report.detail_table(result) + "\n"
+                     + bench_report.summary_table(result))
+    if a.json.lower() != "none":
+        bench_report.write_json(result, Path(a.json))
+        print(f"wrote {a.json}")
+    if plot is not None:
+        bench_report.write_plot(result, plot)
+        print(f"wrote {plot}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="symbn", description="Derive normalization layers symbolically.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("derive", help="print the forward graph and the derived backward of a normalization")
     add_spec_arguments(d)
     d.add_argument("--prove", action="store_true", help="also prove both backward forms at M = 2, 3, 4")
+    d.add_argument("--format", choices=("text", "md", "html", "tex"), default="text",
+                   help="text (default) prints the derivation; md, html and tex write the full document "
+                        "(with proofs, finite-difference checks and the Numba kernel)")
+    d.add_argument("-o", "--output", help="with --format md|html|tex: folder for NAME.EXT (default: stdout)")
     d.set_defaults(run=cmd_derive)
+    dc = sub.add_parser("docs", help="render docs/: a derivation document per catalogue entry (Markdown and HTML)")
+    dc.add_argument("-o", "--output", default="docs", help="output folder (default docs/)")
+    dc.add_argument("--check", action="store_true", help="only report whether the documents are fresh")
+    dc.add_argument("--jobs", type=int, help="processes for the proofs (default: the CPU count)")
+    dc.set_defaults(run=cmd_docs)
     g = sub.add_parser("generate", help="write NumPy and Numba kernel modules for a normalization")
     add_spec_arguments(g, optional=True)
     g.add_argument("--catalog", action="store_true", help="regenerate every catalogue module (into generated/)")
@@ -156,6 +242,15 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_check)
     ls = sub.add_parser("list", help="show the presets and layouts")
     ls.set_defaults(run=cmd_list)
+    b = sub.add_parser("bench", help="time the kernels against naive NumPy and PyTorch, and against the bandwidth")
+    b.add_argument("--cases", help="comma-separated substrings of case names (default: all)")
+    b.add_argument("--dtypes", default="float32,float64", help="comma-separated (default float32,float64)")
+    b.add_argument("--repeat", type=int, default=10, help="timed runs per kernel after the warm-up (default 10)")
+    b.add_argument("--threads", type=int, help="Numba and PyTorch threads (default: all cores)")
+    b.add_argument("--smoke", action="store_true", help="tiny sizes and one run: proves the harness works")
+    b.add_argument("--json", default="bench.json", help="result file (default bench.json; 'none' for no file)")
+    b.add_argument("--plot", default="bench.png", help="chart (default bench.png; 'none' for no chart)")
+    b.set_defaults(run=cmd_bench)
     return p
 
 

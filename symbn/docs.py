@@ -1,0 +1,474 @@
+"""Derivation documents (GitHub Markdown, standalone HTML, LaTeX) built from the same Derivation the kernels come from.
+
+Python does the mathematics and the naming here; a writer (symbn/docfmt.py) spells each piece in its format, and the
+templates in templates/ receive finished strings, lists and booleans and only lay them out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import sympy
+
+from . import __version__, diagram
+from .derive import (  # the derivation's own rules, so the text cannot disagree with it
+    DBETA,
+    DGAMMA,
+    DX,
+    Derivation,
+    _eliminate,
+    _pull,
+    derive,
+)
+from .docfmt import WRITERS, Writer, tex_lines
+from .docfmt import tex as latex  # documents print products visibly
+from .evidence import (
+    BACKWARD,
+    GENERATED,
+    ModuleChecks,
+    ProofOutcome,
+    kernel_excerpt,
+    measure,
+    prove_many,
+)
+from .graph import ELEM, REDUCE
+from .printers import latex_name
+from .render import render
+from .report import axis_names
+from .spec import PRESETS, RUNNING, Spec
+from .symbols import BETA, GAMMA, X, rsum
+
+SIGNATURE = "symbn derivation document"  # in a comment at the top of every file written here
+TEMPLATES = {"md": "derivation.md.j2", "html": "derivation.html.j2", "tex": "derivation.tex.j2"}
+# Measured numbers (finite-difference errors, the Taylor slope) sit between these markers: they depend on the CPU
+# and on Numba's thread count in their last digits, so the freshness check compares everything but them.
+MEASURED = {"md": ("<!-- measured -->", "<!-- /measured -->"), "html": ("<!-- measured -->", "<!-- /measured -->"),
+            "tex": ("% measured", "% /measured")}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    proofs: list[ProofOutcome]
+    modules: list[ModuleChecks]
+
+
+def gather(specs: list[Spec], jobs: int | None = None, generated: Path = GENERATED) -> dict[Spec, Evidence]:
+    proofs = prove_many(specs, jobs)
+    return {spec: Evidence(proofs[spec], measure(spec, generated)) for spec in specs}
+
+
+def document(spec: Spec, fmt: str, evidence: Evidence, link_base: str | None) -> str:
+    """The document for *spec* in *fmt*; *link_base* is how the document reaches generated/ (None: no links)."""
+    w = WRITERS[fmt]
+    ctx = _context(derive(spec), w, evidence, link_base)
+    ctx["measured_begin"], ctx["measured_end"] = MEASURED[fmt]
+    ctx["signature"] = SIGNATURE
+    return render(TEMPLATES[fmt], ctx)
+
+
+# --- naming and small pieces of mathematics -----------------------------------------------------------------------
+
+def _set(d: Derivation) -> dict:
+    """Shapes and sizes in the axis names: input, statistics, parameters, M."""
+    spec = d.spec
+    names = axis_names(spec)
+    stat = []
+    for a in range(spec.ndim):
+        if a not in spec.reduce_axes:
+            stat.append(names[a])
+        elif spec.groups and a == spec.channel_axis:
+            stat.append("G")
+    m_parts = [f"({names[a]}/G)" if spec.groups and a == spec.channel_axis else names[a] for a in spec.reduce_axes]
+    return dict(names=names, input=_tuple(names), stat=_tuple(stat), param=_tuple([names[a] for a in spec.param_axes]),
+                m=r" \cdot ".join(m_parts), rest=[names[a] for a in range(spec.ndim) if a not in spec.param_axes])
+
+
+def _tuple(parts: list[str]) -> str:
+    return "(" + ", ".join(parts) + ")" if parts else "()"
+
+
+def _number(v: float) -> str:
+    text = f"{v:g}"
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    power = f"10^{{{int(exponent)}}}"
+    return power if mantissa == "1" else rf"{mantissa} \cdot {power}"
+
+
+def _assign(symbol: sympy.Symbol, e: sympy.Expr, op: str = "=") -> str:
+    return f"{latex_name(symbol.name)} {op} {latex(e)}"
+
+
+def _display(w: Writer, symbol: sympy.Symbol, e: sympy.Expr, op: str = "=") -> str:
+    return w.display_lines(tex_lines(latex_name(symbol.name), e, op))
+
+
+def _adjoint(symbol: sympy.Symbol) -> str:
+    return latex_name("d" + symbol.name)
+
+
+def _preset_name(spec: Spec) -> str:
+    return "RMS" if spec.preset == "rms" else spec.preset.capitalize()
+
+
+def _axes(axes: tuple[int, ...]) -> str:
+    return ("axis " if len(axes) == 1 else "axes ") + ", ".join(map(str, axes))
+
+
+def _words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# --- the sections --------------------------------------------------------------------------------------------------
+
+def _context(d: Derivation, w: Writer, ev: Evidence, link_base: str | None) -> dict:
+    spec, g = d.spec, d.graph
+    s = _set(d)
+    kind = f"{_preset_name(spec)} norm" if spec.preset else "Custom normalization"
+    title = f"{kind}" + (f", {spec.layout}" if spec.layout else "") + (f", G = {spec.groups}" if spec.groups else "")
+    lay = diagram.layout(g)
+    return dict(
+        title=w.text(title), name=spec.name, name_code=w.code(spec.name), fmt=w.ext,
+        generator=w.prose(f"Generated by symbn {__version__} (SymPy {sympy.__version__}) from spec `{spec.name}`; "
+                          "do not edit: regenerate with `symbn docs` (the catalogue) or "
+                          f"`symbn derive ... --format {w.ext}`."),
+        spec=_spec_section(d, w, s),
+        forward=_forward_section(d, w, s),
+        mermaid=diagram.mermaid(lay), svg=diagram.svg(lay, f"forward graph of {spec.name}"),
+        tikz=diagram.tikz(lay),
+        legend=w.prose(f"Rectangles vary per element (shape ${s['input']}$), rounded boxes per statistic "
+                       f"(shape ${s['stat']}$); the grey ones are the inputs. Arrows point from operand to result."),
+        staged=_staged_section(d, w),
+        simplification=_simplification_section(d, w),
+        result=[_display(w, sym, e) for sym, e in d.coordinates + d.reductions + d.compact],
+        result_note=w.prose(
+            f"$\\sum$ runs over the $M = {s['m']}$ elements of one statistic; $\\sum_{{p}}$ over the axes the "
+            f"parameters do not span ({', '.join(s['rest']) or 'none'})."),
+        primal=d.primal,
+        eval_mode=[_display(w, sym, e) for sym, e in d.eval_mode],
+        eval_note=w.prose(_eval_note(d)),
+        running=_running_section(d, w),
+        proofs=_proof_rows(ev.proofs, w),
+        proofs_ok=all(p.error is None for p in ev.proofs),
+        modules=_module_rows(ev.modules, w, link_base),
+        kernel=_kernel(ev.modules, w),
+        intro={k: w.prose(v.replace("{count}", str(len(d.steps)))) for k, v in _INTRO.items()},
+    )
+
+
+_INTRO = {
+    "staged": ("Reverse mode visits the {count} forward nodes last to first. When a node is visited its adjoint is "
+               "complete, because every node that uses it came later in the forward and so earlier here. The node "
+               "multiplies its adjoint by its local derivatives and passes the products on to its operands; a "
+               "per-element adjoint passed to a statistic is summed over the set, and a statistic's adjoint passed "
+               "to its summand reaches every element of the set."),
+    "compact": "The compact backward:",
+    "primal": "The compact backward, in the primal $x$ (there is no affine normalized coordinate):",
+    "proof": ("For each set size $M$ below, the forward is written out element by element for a small tensor with "
+              "the spec's axes, groups and parameter axes; SymPy differentiates $L = \\sum \\mathrm{d}y \\cdot y$ directly, "
+              "and the staged and the compact programs run on the same tensor with exact rational inputs. Every "
+              "difference must be exactly zero."),
+    "fd": ("`symbn.checks.run` with seed 0 in float64: central differences of $L = \\sum \\mathrm{d}y \\cdot y$ for every "
+           "gradient (relative error), the Taylor test (the remainder after the gradient term must shrink like "
+           "$h^2$: slope 2), and $\\sum \\mathrm{d}x = 0$ over each set where the forward is shift-invariant. The measured "
+           "values vary in their last digits with the CPU and Numba's thread count."),
+}
+
+
+def _spec_section(d: Derivation, w: Writer, s: dict) -> dict:
+    spec = d.spec
+    summary = PRESETS[spec.preset].summary if spec.preset else "a forward expression of your own"
+    rows = [("input", f"a {spec.ndim}-D tensor of shape ${s['input']}$"
+             + (f" (layout `{spec.layout}`)" if spec.layout else ""))]
+    reduced = ", ".join(s["names"][a] for a in spec.reduce_axes)
+    rows.append(("reduced axes", f"{_axes(spec.reduce_axes)} ({reduced})" + (
+        f"; the channel axis {spec.channel_axis} is split into $G = {spec.groups}$ groups of $C/G$ channels, "
+        "each group reduced on its own" if spec.groups else "")))
+    rows.append(("statistics", f"one per index of ${s['stat']}$, each over $M = {s['m']}$ elements"))
+    params = [p for p, on in (("$\\gamma$", spec.scale), ("$\\beta$", spec.center)) if on]
+    rows.append(("parameters", f"{' and '.join(params)} of shape ${s['param']}$ ({_axes(spec.param_axes)})"
+                 + ("; they vary inside one reduction set" if spec.param_varies else "") if params else "none"))
+    rows.append(("eps", f"$\\epsilon = {_number(spec.eps)}$"))
+    if any(n.central for n in d.graph.reductions):
+        rows.append(("ddof", f"{spec.ddof}: central moments divide by " + (
+            "$M$ (biased, as PyTorch and Keras)" if spec.ddof == 0 else "$M - 1$ (unbiased)")))
+    else:
+        rows.append(("ddof", f"{spec.ddof} (no central moment in this forward, so it changes nothing)"))
+    rows.append(("running statistics", f"{spec.running} convention, momentum {spec.momentum:g}"))
+    forward = sympy.Symbol("y")
+    full = g_full(d)
+    off = [f"${latex_name(leaf)} = {value}$" for leaf, value, on in (("beta", 0, spec.center), ("gamma", 1, spec.scale))
+           if not on and leaf in spec.expression]
+    expression = w.code(spec.expression) + (w.prose(" with " + _words(off)) if off else "")
+    return dict(summary=w.prose(summary[0].upper() + summary[1:] + "."), expression=expression,
+                full=_display(w, forward, full),
+                rows=[(w.text(k), w.prose(v)) for k, v in rows])
+
+
+def g_full(d: Derivation) -> sympy.Expr:
+    """The forward output with every node substituted: the definition in x, the parameters and sums."""
+    env: dict = {}
+    for n in d.graph.nodes:
+        env[n.symbol] = n.expr.xreplace(env)
+    return env[d.graph.output.symbol]
+
+
+_KIND = {ELEM: "per element", REDUCE: "statistic (a reduction over the set)", "stat": "per statistic"}
+
+
+def _forward_section(d: Derivation, w: Writer, s: dict) -> list[dict]:
+    return [dict(number=i, math=w.math(_assign(n.symbol, n.expr)), op=w.text(n.op), kind=w.text(_KIND[n.kind]),
+                 shape=w.math(s["input"] if n.kind == ELEM else s["stat"]))
+            for i, n in enumerate(d.graph.nodes, 1)]
+
+
+def _staged_section(d: Derivation, w: Writer) -> dict:
+    total = len(d.steps)
+    steps = []
+    for k, step in enumerate(d.steps, 1):
+        n = step.node
+        if step.value is None:
+            adjoint = w.prose(f"${latex_name(step.adjoint.name)}$ is given (the gradient arriving at the output).")
+        else:
+            adjoint = w.prose(f"Its adjoint is complete: ${_assign(step.adjoint, step.value)}$.")
+        per_element = " (for each element of the set)" if n.kind == REDUCE else ""
+        partials = [w.math(rf"\frac{{\partial {latex_name(n.name)}}}{{\partial {latex_name(c.target.name)}}} = "
+                           + latex(c.partial)) + w.text(per_element) for c in step.contributions]
+        passes = [w.math(rf"{_adjoint(c.target)} \mathrel{{{{+}}{{=}}}} {latex(c.value)}") for c in step.contributions]
+        steps.append(dict(number=k, forward_number=total + 1 - k, name=w.math(latex_name(n.name)),
+                          node=w.math(_assign(n.symbol, n.expr)), adjoint=adjoint, partials=partials, passes=passes))
+    final = [_display(w, sym, e) for sym, e in d.staged if sym in (DX, DGAMMA, DBETA)]
+    return dict(count=total, steps=steps, final=final)
+
+
+def _simplification_section(d: Derivation, w: Writer) -> list[dict]:
+    out, previous = [], None
+    for k, (title, e) in enumerate(d.rewrites, 1):
+        same = previous is not None and e == previous
+        sentence = _STAGE_TEXT.get(title, lambda _d: "")(d)
+        if same:
+            sentence += " For this spec nothing changes at this stage."
+        out.append(dict(number=k, title=w.text(title[0].upper() + title[1:]), sentence=w.prose(sentence),
+                        math=None if same else _display(w, DX, e)))
+        previous = e
+    return out
+
+
+def _identity_text(d: Derivation) -> str:
+    return _words([f"${latex(a)} = {latex(b)}$" for a, b in d.identities]) if d.identities else "none"
+
+
+def _zero_sums(d: Derivation) -> list[str]:
+    """Per-element nodes whose sum over the set vanishes by the identities, e.g. sum(x - mu) = 0."""
+    base = d.graph.base()
+    varying = {X} | ({GAMMA, BETA} if d.spec.param_varies else set())
+    rules = dict(d.identities)
+    out = []
+    for n in d.graph.nodes:
+        e = base[n.symbol] if n.kind == ELEM else None
+        if e is None or e.has(GAMMA) or e.has(BETA) or n.symbol == d.graph.output.symbol:
+            continue
+        # The same pull rule the derivation applies, then the identities it found.
+        if sympy.expand(_pull(rsum(e), varying).xreplace(rules)) == 0:
+            out.append(f"$\\sum {latex_name(n.name)} = \\sum\\left({latex(e)}\\right) = 0$")
+    return out
+
+
+def _first_elementwise(d: Derivation, shown: int = 3) -> str:
+    nodes = [f"${_assign(n.symbol, n.expr)}$" for n in d.graph.nodes if n.kind == ELEM]
+    return _words(nodes[:shown]) + (", ..." if len(nodes) > shown else "")
+
+
+def _coordinate_text(d: Derivation) -> str:
+    if d.primal:
+        return ("No affine normalized coordinate exists for this forward (its derivative in $x$ still depends on "
+                "$x$), so the result stays in $x$; the set constants are pulled out of the sums once more.")
+    (xhat, u) = d.coordinates[-1]
+    text = f"Change to the normalized coordinate ${_assign(xhat, u)}$"
+    solved = sympy.solve(sympy.Eq(xhat, u), X)
+    if len(solved) == 1:
+        text += f", that is $x = {latex(solved[0])}$"
+    inv = sympy.diff(u, X)
+    chain = _eliminate(d.graph, inv) if inv.is_Symbol else {}
+    if chain:
+        text += ", and write the statistics behind the inverse scale in it: " + _words(
+            [f"${_assign(s, e)}$" for s, e in chain.items()])
+    return text + ". Then pull the set constants out of the sums again: the sums are now of $\\mathrm{d}y$ and $\\hat{x}$."
+
+
+_STAGE_TEXT = {
+    "inline": lambda d: (f"Substitute each staged adjoint into the ones that use it, so that the {len(d.steps)} "
+                         "separate steps become one expression for $\\mathrm{d}x$ in the forward's nodes."),
+    "elementwise nodes in x and the statistics": lambda d: (
+        "Write every per-element node (" + _first_elementwise(d)
+        + ") in $x$ and the statistics, so that each sum shows exactly what varies over the set."),
+    "set-constant factors out of the sums": lambda d: (
+        "Pull every factor that is constant over one reduction set out of the sums: $\\sum c v = c \\sum v$ and "
+        "$\\sum 1 = M$. The statistics are such constants"
+        + (", while $\\gamma$ varies inside a set here (it spans reduced axes) and stays inside."
+           if d.spec.param_varies and GAMMA in d.graph.leaves else
+           (", and so is $\\gamma$ (one value per set)." if GAMMA in d.graph.leaves else "."))),
+    "sums the forward defines": lambda d: (
+        "Replace the sums that the forward's own statistics define: " + _identity_text(d) + "."
+        + (" This is where " + _words(_zero_sums(d)) + (" act" if len(_zero_sums(d)) > 1 else " acts")
+           + ": the terms that carried them cancel."
+           if _zero_sums(d) else "")),
+    "normalized coordinate": _coordinate_text,
+    "named reductions, factored": lambda d: (
+        "Give each remaining sum a name (" + _words([f"${_assign(s, e)}$" for s, e in d.reductions] or ["none"])
+        + ") and keep the shortest factored form. This is the compact backward the kernels compute."),
+}
+
+
+def _eval_note(d: Derivation) -> str:
+    stats = [f"${latex_name(r.name)}$ from ${latex_name('running_' + r.name)}$" for r in d.graph.reductions]
+    return ("In eval mode the statistics are constants, taken from the running statistics (" + _words(stats)
+            + ", and whatever is computed from them): the paths through the sums vanish and only the direct "
+            "path from $x$ to $y$ is left.")
+
+
+_RULES = {
+    "pytorch": ("PyTorch", "$r \\leftarrow (1 - m)\\, r + m s$; a central moment such as the variance enters "
+                "unbiased, multiplied by $\\frac{M}{M - 1}$, when ddof is 0"),
+    "keras": ("Keras", "$r \\leftarrow m r + (1 - m)\\, s$, with the statistic as computed"),
+}
+
+
+def _running_section(d: Derivation, w: Writer) -> list[dict]:
+    out = []
+    for convention in sorted(RUNNING, key=lambda c: c != d.spec.running):
+        spec = d.spec if convention == d.spec.running else d.spec.with_options(running=convention, momentum=None)
+        label, rule = _RULES[convention]
+        out.append(dict(label=w.text(label), ours=convention == d.spec.running,
+                        rule=w.prose(f"{rule}; momentum $m = {spec.momentum:g}$ by default."),
+                        lines=[_display(w, s, e, r"\leftarrow") for s, e in derive(spec).running]))
+    return out
+
+
+def _proof_rows(proofs: list[ProofOutcome], w: Writer) -> list[dict]:
+    rows = []
+    for p in proofs:
+        outcome = "equal exactly" if p.error is None else "FAILED: " + p.error
+        rows.append(dict(m=str(p.set_size), shape=w.text(str(p.shape) if p.shape else "-"),
+                         checked=w.text(", ".join(p.checked) or "-"), outcome=w.text(outcome), ok=p.error is None))
+    return rows
+
+
+def _module_rows(modules: list[ModuleChecks], w: Writer, link_base: str | None) -> list[dict]:
+    out = []
+    for m in modules:
+        if m.from_catalog and link_base is not None:
+            where = w.link(f"generated/{m.path.name}", f"{link_base}/{m.path.name}")
+        else:
+            where = w.prose(f"`{m.path.name}`, generated on the fly by `symbn.load` (write it with `symbn generate`)")
+        rows = [dict(check=w.text(r.name), value=f"{r.value:.2f}" if "slope" in r.name else f"{r.value:.1e}",
+                     limit=w.text(r.limit), outcome=w.text("passed" if r.ok else "FAILED"), ok=r.ok)
+                for r in m.results]
+        out.append(dict(backend=w.text(m.backend), where=where, hash=w.code(m.content_hash),
+                        shape=w.text(str(m.shape)), rows=rows, ok=all(r.ok for r in m.results)))
+    return out
+
+
+def _kernel(modules: list[ModuleChecks], w: Writer) -> dict:
+    numba = next(m for m in modules if m.backend == "numba")
+    kernels, text = kernel_excerpt(numba.path.read_text())
+    where = f"generated/{numba.path.name}" if numba.from_catalog else f"{numba.path.name} (symbn.load)"
+    return dict(code=w.verbatim(text), found=bool(kernels), entry=w.code(BACKWARD),
+                kernels=w.prose(_words([f"`{k}`" for k in kernels]) if kernels else "none"), where=w.code(where))
+
+
+# --- the catalogue: docs/ --------------------------------------------------------------------------------------------
+
+DOC_FORMATS = ("md", "html")
+
+
+def index(specs: list[Spec], fmt: str) -> str:
+    w = WRITERS[fmt]
+    rows = []
+    for spec in specs:
+        d = derive(spec)
+        s = _set(d)
+        kind = f"{_preset_name(spec)} norm" if spec.preset else "custom"
+        rows.append(dict(name=w.code(spec.name), kind=w.text(kind + (f", {spec.layout}" if spec.layout else "")
+                                                               + (f", G = {spec.groups}" if spec.groups else "")),
+                         m=w.math(f"M = {s['m']}"), dx=w.math(f"{latex_name('dx')} = {latex(d.dx)}"),
+                         md=w.link("Markdown", f"{spec.name}.md"), html=w.link("HTML", f"{spec.name}.html")))
+    return render("derivation_index." + fmt + ".j2", dict(
+        rows=rows, signature=SIGNATURE, generator=w.prose(f"Generated by symbn {__version__} (SymPy {sympy.__version__}) with "
+                                     "`symbn docs`; do not edit."),
+        intro=w.prose("One document per catalogue entry: the spec, the forward graph, the staged backward (one step "
+                      "per forward node), the simplification to the compact form, eval mode and running statistics, "
+                      "the proofs and finite-difference checks, and the generated Numba backward kernel. In the compact "
+                      "$\\mathrm{d}x$ below, $\\Sigma_{\\mathrm{d}y} = \\sum \\mathrm{d}y$, "
+                      "$\\Sigma_{\\mathrm{d}y\\,\\hat{x}} = \\sum \\mathrm{d}y \\cdot \\hat{x}$ and so on "
+                      "are sums over the $M$ elements one statistic sees.")))
+
+
+def passed(evidence: Evidence) -> bool:
+    return all(p.error is None for p in evidence.proofs) and all(r.ok for m in evidence.modules for r in m.results)
+
+
+def catalog_documents(specs: list[Spec] | None = None, jobs: int | None = None,
+                      generated: Path = GENERATED) -> tuple[dict[str, str], bool]:
+    """Every file of docs/ by name (NAME.md and NAME.html per spec, index.md and index.html), and whether every
+    proof and check passed."""
+    from .catalog import CATALOG
+
+    specs = list(CATALOG if specs is None else specs)
+    evidence = gather(specs, jobs, generated)
+    files = {f"{spec.name}.{fmt}": document(spec, fmt, evidence[spec], link_base="../generated")
+             for spec in specs for fmt in DOC_FORMATS}
+    files.update({f"index.{fmt}": index(specs, fmt) for fmt in DOC_FORMATS})
+    return files, all(passed(e) for e in evidence.values())
+
+
+def single(spec: Spec, fmt: str, out_dir: Path | None, jobs: int | None = None) -> tuple[str, bool]:
+    """The document for one spec (``symbn derive --format``), linking generated/ relative to *out_dir*."""
+    evidence = gather([spec], jobs)[spec]
+    text = document(spec, fmt, evidence, link_base=relative_link(out_dir or Path.cwd()))
+    return text, passed(evidence)
+
+
+def mask_measured(text: str) -> str:
+    """*text* with every number between the measured-value markers replaced by '#'."""
+    for begin, end in {v for v in MEASURED.values()}:
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        text = pattern.sub(lambda m: re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "#", m.group(0)), text)
+    return text
+
+
+def stale(out_dir: Path, files: dict[str, str]) -> list[str]:
+    """Differences between *files* and *out_dir*, measured values aside (empty: fresh)."""
+    diffs = []
+    for name, text in sorted(files.items()):
+        path = out_dir / name
+        old = path.read_text() if path.exists() else ""
+        if mask_measured(old) != mask_measured(text):
+            diffs.append("".join(difflib.unified_diff(mask_measured(old).splitlines(True),
+                                                      mask_measured(text).splitlines(True),
+                                                      f"{path} (committed)", f"{path} (regenerated)")))
+    # Only files this module wrote count as left over: docs/ holds other documents too.
+    extra = sorted(p.name for p in out_dir.glob("*.*") if p.suffix in (".md", ".html") and p.name not in files
+                   and SIGNATURE in p.read_text(errors="replace")[:300])
+    return diffs + [f"{out_dir / name}: not in the catalogue any more\n" for name in extra]
+
+
+def write(out_dir: Path, files: dict[str, str]) -> list[Path]:
+    from .output import write_atomic
+
+    changed = []
+    for name, text in sorted(files.items()):
+        path = out_dir / name
+        if not path.exists() or path.read_text() != text:
+            write_atomic(path, text)
+            changed.append(path)
+    return changed
+
+
+def relative_link(out_dir: Path) -> str:
+    return os.path.relpath(GENERATED, out_dir).replace(os.sep, "/")
