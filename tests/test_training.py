@@ -301,14 +301,15 @@ def test_mnist_example_runs_on_digits(tmp_path):
     assert logs["with BN"]["accuracy"][-1] > logs["without BN"]["accuracy"][-1]
 
 
-def test_seed_example_snippets_run_and_print_what_the_page_shows(tmp_path, monkeypatch, capsys):
+def test_readme_seed_example_and_training_snippets_run_and_print_what_they_show(tmp_path, monkeypatch, capsys):
     import re
 
-    page = (ROOT / "docs" / "examples" / "seed_example.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    page = readme[readme.index("## The textbook NumPy example"):readme.index("## Layout of the project")]
     blocks = re.findall(r"```(\w*)\n(.*?)```", page, re.S)
     (_, kernel_code), (_, printed), (_, training_code) = blocks[:3]
-    exec(compile(kernel_code, "seed_example.md", "exec"), {})
+    exec(compile(kernel_code, "README.md", "exec"), {})
     assert capsys.readouterr().out == printed
     monkeypatch.chdir(tmp_path)  # the training snippet saves model.npz
-    exec(compile(training_code, "seed_example.md", "exec"), {})
+    exec(compile(training_code, "README.md", "exec"), {})
     assert (tmp_path / "model.npz").exists()
