@@ -19,6 +19,29 @@ ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(2015)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matrices run fastest on one BLAS (and torch) thread, and many times faster than on two when another job
+    busies a core of a 2-core machine; limit the threads for the training-loop tests, where available."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # installed with scikit-learn; without it the tests only run slower
+        threadpool_limits = None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    threads = torch.get_num_threads() if torch else None
+    limits = threadpool_limits(1) if threadpool_limits else None
+    if torch:
+        torch.set_num_threads(1)
+    yield
+    if torch:
+        torch.set_num_threads(threads)
+    if limits:
+        limits.restore_original_limits()
+
+
 def numeric_grad(f, a, h=1e-6):
     g = np.zeros_like(a)
     for i in np.ndindex(a.shape):
@@ -101,7 +124,7 @@ def _torch_model(torch, model, eps, momentum):
 
 
 @pytest.mark.parametrize("running", ["keras", "pytorch"])
-def test_keras_model_trains_like_pytorch_step_for_step(running):
+def test_keras_model_trains_like_pytorch_step_for_step(running, one_thread):
     torch = pytest.importorskip("torch")
     x, y = make_classification(512, 20, seed=3)
     norm = (lambda n: BatchNorm.keras(n)) if running == "keras" else (lambda n: BatchNorm(n))
@@ -277,14 +300,14 @@ def example(name: str):
     return module
 
 
-def test_keras_example_runs(tmp_path):
+def test_keras_example_runs(tmp_path, one_thread):
     pytest.importorskip("matplotlib")
     histories = example("keras_model").main(["--epochs", "2", "-o", str(tmp_path / "k.png")])
     assert (tmp_path / "k.png").stat().st_size > 0
     assert histories["with BN"]["loss"][1] < histories["with BN"]["loss"][0]
 
 
-def test_mnist_example_runs_on_idx_files(tmp_path):
+def test_mnist_example_runs_on_idx_files(tmp_path, one_thread):
     pytest.importorskip("matplotlib")
     write_tiny_mnist(tmp_path)
     logs = example("mnist_bn").main(["--idx", str(tmp_path), "--steps", "20", "--every", "10",
@@ -293,7 +316,7 @@ def test_mnist_example_runs_on_idx_files(tmp_path):
     assert logs["with BN"]["percentiles"].shape == (3, 3)  # steps 0, 10, 20; percentiles 15, 50, 85
 
 
-def test_mnist_example_runs_on_digits(tmp_path):
+def test_mnist_example_runs_on_digits(tmp_path, one_thread):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     logs = example("mnist_bn").main(["--steps", "300", "--every", "100", "-o", str(tmp_path / "m.png")])
