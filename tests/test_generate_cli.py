@@ -79,8 +79,8 @@ def test_check_passes_a_good_module_and_fails_a_broken_one(tmp_path, capsys):
     assert "central differences dx" in out and "FAIL" not in out
     broken = tmp_path / "broken.py"
     text = (ROOT / "generated" / "batch_nc_numpy.py").read_text()
-    assert "M*dyb - sum_dy" in text
-    broken.write_text(text.replace("M*dyb - sum_dy", "M*dyb - 0.5*sum_dy"))
+    assert text.count("dx[sl] = ") == 2  # backward, then backward_eval
+    broken.write_text(text.replace("dx[sl] = ", "dx[sl] = 1.001*", 1))  # one term of the training dx off by 0.1%
     assert run("check", str(broken)) == 1
     assert "FAIL central differences dx" in capsys.readouterr().out
 
