@@ -9,6 +9,7 @@ import sympy
 from . import __version__
 from .derive import DX, derive
 from .lower import Plan, plan
+from .numpy_bodies import numpy_statements, train_out
 from .printers import cse, numpy_code, scalar_code, text
 from .render import render, template_source
 from .report import axis_names, describe_spec, set_size_text
@@ -93,7 +94,7 @@ def _context(p: Plan, backend: str, command: str) -> dict:
         running_rule=_RUNNING_RULES[spec.running],
         saved=[s.name for s in p.saved], saved_tuple=repr(tuple(s.name for s in p.saved)),
         running=running, running_tuple=repr(tuple(running)), running_convention=spec.running,
-        batch_stats=[r.name for r in reductions], train_out=_train_out(p),
+        batch_stats=[r.name for r in reductions], train_out=train_out(p),
         eval_stats=[s.name for s in p.eval_stats], eval_steps=eval_lines,
         running_updates=[(r.name, numpy_code(e, {MOMENTUM: "momentum"})) for r, _, e in p.running],
         central=any(n.central for n in d.graph.reductions),
@@ -109,7 +110,7 @@ def _context(p: Plan, backend: str, command: str) -> dict:
     ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in needed]
     ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
     if backend == "numpy":
-        ctx["np"] = _numpy_statements(p)
+        ctx["np"] = numpy_statements(p)
     else:
         ctx["nb"] = _numba_statements(p)
     return ctx
@@ -122,259 +123,6 @@ def _blocks_text(p: Plan, names: list[str], keep) -> str:
             label = "*".join(names[a] for a in b.axes)
             parts.append("G" if b.split == "groups" else f"{label}/G" if b.split == "within" else label)
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
-
-
-def _numpy_statements(p: Plan) -> dict:
-    """Function bodies for the NumPy backend. Every pass over the input runs in chunks of rows of the first block, so
-    the float64 temporaries of an expression stay in cache instead of making whole-array round trips to memory. When
-    the first block is kept, a chunk holds whole statistics and every pass of a forward or backward runs while the
-    chunk is in cache; when it is reduced, statistics span chunks and each reduction is a pass of its own."""
-    return _NumpyBodies(p).context()
-
-
-_XS = sympy.Symbol("xs", real=True)  # x minus its shift, in the input's dtype
-_SHIFT = sympy.Symbol("shift", real=True)  # the shift: a mean of x rounded to the input's dtype
-
-
-class _NumpyBodies:
-    """Elementwise work runs in the input's dtype (float32 stays float32: no float64 temporaries, which NumPy casts
-    slowly, elementwise); anything per statistic or per parameter is hoisted out of the element loop as a float64
-    coefficient and cast once. Accuracy comes from the shift: once a mean of x is known, x is replaced by
-    xs + shift, with shift the mean rounded to the dtype, so xs = x - shift is exact or nearly so, and the small
-    difference shift - mean enters the coefficients in float64. Reductions accumulate in float64."""
-
-    def __init__(self, p: Plan):
-        self.p = p
-        self.whole = not p.blocks[0].reduced
-        self.stats = {n.symbol for n in p.derivation.graph.nodes if n.kind != "elem"} | {s for s, _ in p.sums}
-        self.stats.add(_SHIFT)
-        # inside a chunk: the chunk's rows of x and dy, and of every array that spans the first block
-        self.sliced = (self.stats if self.whole else set()) | ({GAMMA, BETA} if p.blocks[0].param else set())
-        self.names = {X: "xc", DY: "dyc"} | {s: f"{s.name}_c" for s in self.sliced}
-        kept = {i for i, b in enumerate(p.blocks) if not b.reduced}
-        params = {i for i, b in enumerate(p.blocks) if b.param}
-        # parameters fixed over each statistic (batch, instance norm) fold into the statistics' coefficients
-        self.param_class = "stat" if params <= kept else "param"
-        means = [s.symbol for s in p.train_steps if s.reduce and s.expr == X]
-        self.mean = means[0] if means else None
-        self.coordinates = dict(p.coordinates)
-        self.temps: set = set()  # CSE's names for shared elementwise parts
-
-    # --- expressions -------------------------------------------------------------------------------------------
-
-    def code(self, e: sympy.Expr) -> str:
-        return numpy_code(e, self.names)
-
-    def klass(self, e: sympy.Expr) -> str | None:
-        """Which arrays a chunk-constant expression spans: statistics, parameters, both or none (a scalar)."""
-        kinds = {"stat" if s in self.stats else self.param_class for s in e.free_symbols if s in self.stats
-                 or s in (GAMMA, BETA)}
-        return kinds.pop() if len(kinds) == 1 else ("both" if kinds else None)
-
-    def elementwise(self, e: sympy.Expr) -> bool:
-        return any(s in (X, DY, _XS) or s in self.coordinates or s in self.temps for s in e.free_symbols)
-
-    def hoist(self, e: sympy.Expr, loop) -> sympy.Expr:
-        """*e* with every chunk-constant part replaced by a coefficient symbol (k0, k1, ...) of the loop."""
-        if not self.elementwise(e):
-            return loop.coefficient(e) if self.klass(e) else e
-        if e.is_Atom:
-            return e
-        if isinstance(e, (sympy.Add, sympy.Mul)):
-            varying = [self.hoist(a, loop) for a in e.args if self.elementwise(a)]
-            groups: dict = {}
-            for a in e.args:
-                if not self.elementwise(a):
-                    groups.setdefault(self.klass(a), []).append(a)
-            scalars = groups.pop(None, [])
-            if scalars and groups:  # numbers, M and eps join a coefficient rather than cost an elementwise step
-                first = next(iter(groups))
-                groups[first] = groups[first] + scalars
-                scalars = []
-            constants = [loop.coefficient(e.func(*args)) for args in groups.values()]
-            return e.func(*varying, *constants, *scalars, evaluate=False)
-        return e.func(*(self.hoist(a, loop) for a in e.args), evaluate=False)
-
-    def lowered(self, exprs, loop, shifted: bool) -> tuple[list[str], list[str]]:
-        """Chunk statements and final codes for *exprs*: x shifted when the mean is known, constants hoisted,
-        shared elementwise parts computed once."""
-        sub = {X: _XS + _SHIFT} if shifted else {}
-        exprs = [e.xreplace(sub) for e in exprs]
-        replacements, reduced = cse(exprs, prefix="t")
-        self.temps |= {s for s, _ in replacements}
-        lines = [f"{s} = {self.code(self.hoist(v, loop))}" for s, v in replacements]
-        return lines, [self.code(self.hoist(e, loop)) for e in reduced]
-
-    def used(self, exprs) -> set:
-        used = set().union(*(e.free_symbols for e in exprs))
-        for c, e in self.p.coordinates:
-            if c in used:
-                used |= e.free_symbols
-        return used | ({X} if _XS in used else set())
-
-    def output(self, e: sympy.Expr, shifted: bool, loop) -> sympy.Expr:
-        """An elementwise output as a sum of coefficient * (xs, dy or 1) where it is affine in them and every
-        coefficient is per statistic (batch norm: y = xs*k1 + k2), so each element costs a multiply-add or two."""
-        if self.param_class != "stat":
-            return e
-        e = e.xreplace(self.coordinates).xreplace({X: _XS + _SHIFT} if shifted else {})
-        elems = [s for s in (_XS, X, DY) if s in e.free_symbols]
-        try:
-            poly = sympy.Poly(sympy.expand(e), *elems)
-        except sympy.PolynomialError:
-            return e
-        if poly.total_degree() > 1:
-            return e
-        terms = [loop.coefficient(sympy.factor_terms(c)) * sympy.Mul(*(s**k for s, k in zip(elems, m)))
-                 for m, c in poly.terms()]
-        return sympy.Add(*terms)
-
-    # --- one pass over the chunks ---------------------------------------------------------------------------
-
-    def loop(self, exprs, shifted: bool, computed=()):
-        return _Loop(self, exprs, shifted, set(computed))
-
-    # --- function bodies ------------------------------------------------------------------------------------
-
-    def context(self) -> dict:
-        p = self.p
-        return dict(whole=self.whole, forward=self.forward(),
-                    forward_eval=self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats),
-                    backward=self.backward(p.sums, p.dx, p.param_sums, p.saved),
-                    backward_eval=self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats))
-
-    def shift(self, given) -> list[str]:
-        return [f"shift = _cast({self.mean.name}, xb)"] if self.mean in given else []
-
-    def forward(self) -> list[str]:
-        p = self.p
-        red = "axis=_RED, dtype=np.float64, keepdims=True"
-        if self.whole:
-            train_out = _train_out(p)
-            loop = self.loop([s.expr for s in p.train_steps] + [p.y], shifted=False,
-                             computed={s.symbol for s in p.train_steps} | {_SHIFT})
-            shifted = False
-            for s in p.train_steps:
-                if not s.reduce:
-                    loop.body.append(f"{s.symbol.name}_c = {self.code(s.expr)}")
-                    continue
-                value = f"np.sum({loop.statements([s.expr], shifted)[0]}, {red})"
-                if s.denominator != 1:
-                    value += f" / ({self.code(s.denominator)})"
-                loop.body.append(f"{s.symbol.name}_c = {value}")
-                if s.symbol == self.mean:  # the chunk holds the whole statistic: shift by it from here on
-                    loop.body += [f"shift_c = _cast({s.symbol.name}_c, xb)", "xs = xc - shift_c"]
-                    shifted = True
-            loop.body.append(f"y[sl] = {loop.statements([self.output(p.y, shifted, loop)], shifted)[0]}")
-            loop.body += [f"{s}[sl] = {s}_c" for s in train_out]
-            return [f"{s} = _stat(xb)" for s in train_out] + ["y = np.empty_like(xb)"] + loop.lines()
-        out, shifted = [], False
-        for s in p.train_steps:
-            name = s.symbol.name
-            if not s.reduce:
-                out.append(f"{name} = {self.code(s.expr)}")
-                continue
-            loop = self.loop([s.expr], shifted)
-            loop.body.append(f"{name} += np.sum({loop.statements([s.expr], shifted)[0]}, {red})")
-            out += [f"{name} = _stat(xb)"] + loop.lines()
-            if s.denominator != 1:
-                out.append(f"{name} /= {self.code(s.denominator)}")
-            if s.symbol == self.mean:
-                out.append(f"shift = _cast({name}, xb)")
-                shifted = True
-        return out + self.map_pass("y", p.y, [], shifted)
-
-    def map_pass(self, out: str, expr, param_sums, shifted: bool) -> list[str]:
-        """One pass writing an elementwise output (and adding up parameter gradients)."""
-        loop = self.loop([expr] + [e for _, e in param_sums], shifted)
-        exprs = [self.output(expr, shifted, loop)] + [e for _, e in param_sums]
-        codes = loop.statements(exprs, shifted)
-        loop.body.append(f"{out}[sl] = {codes[0]}")
-        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[1:])]
-        return [f"{out} = np.empty_like(xb)"] + self.param_accumulators(param_sums) + loop.lines()
-
-    def backward(self, sums, dx, param_sums, given) -> list[str]:
-        red = "axis=_RED, dtype=np.float64, keepdims=True"
-        shifted, head = self.mean in given, self.shift(given)
-        if not sums:
-            return head + self.map_pass("dx", dx, param_sums, shifted)
-        exprs = [e for _, e in sums] + [e for _, e in param_sums]
-        if self.whole:
-            loop = self.loop(exprs + [dx], shifted, computed={s for s, _ in sums})
-            codes = loop.statements(exprs, shifted)
-            loop.body += [f"{s.name}_c = np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
-            loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
-            loop.body.append(f"dx[sl] = {loop.statements([self.output(dx, shifted, loop)], shifted)[0]}")
-            return head + ["dx = np.empty_like(xb)"] + self.param_accumulators(param_sums) + loop.lines()
-        loop = self.loop(exprs, shifted)
-        codes = loop.statements(exprs, shifted)
-        loop.body += [f"{s.name} += np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
-        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
-        out = head + [f"{s.name} = _stat(xb)" for s, _ in sums] + self.param_accumulators(param_sums)
-        return out + loop.lines() + self.map_pass("dx", dx, [], shifted)
-
-    def param_accumulators(self, param_sums) -> list[str]:
-        return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
-
-    def param_add(self, s, code: str) -> str:
-        total = f"np.sum({code}, axis=_NONPARAM, dtype=np.float64)"
-        # parameters along the first block: a chunk's rows are its own parameters' whole share
-        return f"{s.name}[sl] = {total}" if self.p.blocks[0].param else f"{s.name} += {total}"
-
-
-class _Loop:
-    """One pass over the chunks: coefficients hoisted before it (or into it, where they depend on the chunk), the
-    chunk's views, then the statements."""
-
-    def __init__(self, bodies: _NumpyBodies, exprs, shifted: bool, computed: set):
-        self.b, self.computed = bodies, computed
-        self.before: list[str] = []
-        self.body: list[str] = []
-        self.known: dict = {}
-        used = bodies.used(list(exprs))
-        pairs = [(n, v) for s, n, v in ((X, "xc", "xb[sl]"), (DY, "dyc", "dyb[sl]")) if s in used]
-        chunked = (used | ({_SHIFT} if shifted and X in used else set())) & bodies.sliced - computed
-        pairs += [(bodies.names[s], f"_part({s.name}, sl)") for s in sorted(chunked, key=str)
-                  if s not in bodies.coordinates]
-        self.views = [", ".join(n for n, _ in pairs) + " = " + ", ".join(v for _, v in pairs)] if pairs else []
-        self.shift_line = f"xs = xc - {bodies.names.get(_SHIFT, 'shift')}" if shifted and X in used else None
-        self.coordinates_done: set = set()
-
-    def coefficient(self, e: sympy.Expr) -> sympy.Symbol:
-        if e not in self.known:
-            k = sympy.Symbol(f"k{len(self.known)}", real=True)
-            self.known[e] = k
-            line = f"{k} = _cast({self.b.code(e)}, xb)"
-            inside = e.free_symbols & self.b.sliced
-            (self.body if inside else self.before).append(line)
-        return self.known[e]
-
-    def statements(self, exprs, shifted: bool) -> list[str]:
-        """Add the coordinates and shared parts *exprs* need to the body; return their codes."""
-        used = self.b.used(list(exprs))
-        for c, e in self.b.p.coordinates:
-            if c in used and c not in self.coordinates_done:
-                lines, (code,) = self.b.lowered([e], self, shifted)
-                self.body += lines + [f"{c} = {code}"]
-                self.coordinates_done.add(c)
-        lines, codes = self.b.lowered(list(exprs), self, shifted)
-        self.body += lines
-        return codes
-
-    def lines(self) -> list[str]:
-        head = self.views + ([self.shift_line] if self.shift_line else [])
-        return self.before + ["for sl in _chunks(xb):"] + _indent(head + self.body)
-
-
-def _train_out(p: Plan) -> list[str]:
-    """Statistics forward_train hands on: the saved ones and every batch reduction, in graph order."""
-    order = [n.symbol for n in p.derivation.graph.nodes]
-    chosen = set(p.saved) | {n.symbol for n in p.derivation.graph.reductions}
-    return [s.name for s in sorted(chosen, key=order.index)]
-
-
-def _indent(lines: list[str]) -> list[str]:
-    return ["    " + line for line in lines]
 
 
 class _Scalar:
@@ -475,12 +223,16 @@ def _column_statements(p: Plan) -> dict | None:
         if s.reduce:
             step |= kernel([s.expr])
         steps.append(step)
+    # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
+    alias = [next((i for i, (_, se) in enumerate(p.sums) if se == pe), None) for _, pe in p.param_sums]
+    param_from_sums = alias if p.param_sums and None not in alias else None
+    dx = kernel([p.dx] + ([] if param_from_sums is not None else [e for _, e in p.param_sums]))
     return dict(
         outer=repr(tuple(range(first_reduced))), reduced=repr(tuple(range(first_reduced, n - 1))),
         param_over_c=b[-1].param,
         train_steps=steps, y=kernel([p.y]),
         sums=kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums]) if p.sums else None,
-        dx=kernel([p.dx] + [e for _, e in p.param_sums]),
+        dx=dx, param_from_sums=param_from_sums,
         eval_dx=kernel([p.eval_dx] + [e for _, e in p.eval_param_sums]),
     )
 

@@ -1,0 +1,101 @@
+"""Elementwise expressions made cheap: parts fixed per statistic or per parameter hoisted out as coefficients, x
+shifted by its mean, outputs written as multiply-adds. Shared by the NumPy and Numba backends.
+
+Elementwise work runs in the input's dtype (float32 stays float32); whatever is fixed per statistic or per parameter
+becomes a coefficient computed once in float64 and cast. Accuracy comes from the shift: once a mean of x is known, x
+is replaced by xs + shift, with shift the mean rounded to the dtype, so xs = x - shift is exact or nearly so, and
+the small difference shift - mean enters the coefficients in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy
+
+from .lower import Plan
+from .printers import cse
+from .symbols import BETA, DY, GAMMA, X
+
+XS = sympy.Symbol("xs", real=True)  # x minus its shift, in the input's dtype
+SHIFT = sympy.Symbol("shift", real=True)  # the shift: a mean of x rounded to the input's dtype
+
+Coefficient = Callable[[sympy.Expr], sympy.Symbol]
+
+
+class Elementwise:
+    def __init__(self, p: Plan):
+        self.p = p
+        self.stats = {n.symbol for n in p.derivation.graph.nodes if n.kind != "elem"} | {s for s, _ in p.sums}
+        self.stats.add(SHIFT)
+        kept = {i for i, b in enumerate(p.blocks) if not b.reduced}
+        params = {i for i, b in enumerate(p.blocks) if b.param}
+        # parameters fixed over each statistic (batch, instance norm) fold into the statistics' coefficients
+        self.param_class = "stat" if params <= kept else "param"
+        means = [s.symbol for s in p.train_steps if s.reduce and s.expr == X]
+        self.mean = means[0] if means else None
+        self.coordinates = dict(p.coordinates)
+        self.temps: set = set()  # CSE's names for shared elementwise parts
+
+    def klass(self, e: sympy.Expr) -> str | None:
+        """What a non-elementwise expression varies with: statistics, parameters, both, or nothing (a scalar)."""
+        kinds = {"stat" if s in self.stats else self.param_class for s in e.free_symbols
+                 if s in self.stats or s in (GAMMA, BETA)}
+        return kinds.pop() if len(kinds) == 1 else ("both" if kinds else None)
+
+    def elementwise(self, e: sympy.Expr) -> bool:
+        return any(s in (X, DY, XS) or s in self.coordinates or s in self.temps for s in e.free_symbols)
+
+    def hoist(self, e: sympy.Expr, coefficient: Coefficient) -> sympy.Expr:
+        """*e* with every part that is fixed per statistic or parameter replaced by a coefficient symbol; factors of
+        one kind are grouped into one coefficient (gamma*istd for batch norm; gamma and istd apart for layer norm)."""
+        if not self.elementwise(e):
+            return coefficient(e) if self.klass(e) else e
+        if e.is_Atom:
+            return e
+        if isinstance(e, (sympy.Add, sympy.Mul)):
+            varying = [self.hoist(a, coefficient) for a in e.args if self.elementwise(a)]
+            groups: dict = {}
+            for a in e.args:
+                if not self.elementwise(a):
+                    groups.setdefault(self.klass(a), []).append(a)
+            scalars = groups.pop(None, [])
+            if scalars and groups:  # numbers, M and eps join a coefficient rather than cost an elementwise step
+                first = next(iter(groups))
+                groups[first] = groups[first] + scalars
+                scalars = []
+            constants = [coefficient(e.func(*args)) for args in groups.values()]
+            return e.func(*varying, *constants, *scalars, evaluate=False)
+        return e.func(*(self.hoist(a, coefficient) for a in e.args), evaluate=False)
+
+    def lowered(self, exprs, coefficient: Coefficient, shifted: bool):
+        """(shared parts, final expressions) for *exprs*: x shifted when the mean is known, shared elementwise parts
+        named t0, t1, ... (CSE), coefficients hoisted."""
+        sub = {X: XS + SHIFT} if shifted else {}
+        replacements, reduced = cse([e.xreplace(sub) for e in exprs], prefix="t")
+        self.temps |= {s for s, _ in replacements}
+        return ([(s, self.hoist(v, coefficient)) for s, v in replacements],
+                [self.hoist(e, coefficient) for e in reduced])
+
+    def used(self, exprs) -> set:
+        used = set().union(*(e.free_symbols for e in exprs))
+        for c, e in self.p.coordinates:
+            if c in used:
+                used |= e.free_symbols
+        return used | ({X} if XS in used else set())
+
+    def output(self, e: sympy.Expr, shifted: bool, coefficient: Coefficient) -> sympy.Expr:
+        """An elementwise output as a sum of coefficient * (xs, dy or 1) where it is affine in them and every
+        coefficient is per statistic (batch norm: y = xs*k1 + k2), so each element costs a multiply-add or two."""
+        if self.param_class != "stat":
+            return e
+        e = e.xreplace(self.coordinates).xreplace({X: XS + SHIFT} if shifted else {})
+        elems = [s for s in (XS, X, DY) if s in e.free_symbols]
+        try:
+            poly = sympy.Poly(sympy.expand(e), *elems)
+        except sympy.PolynomialError:
+            return e
+        if poly.total_degree() > 1:
+            return e
+        return sympy.Add(*(coefficient(sympy.factor_terms(c)) * sympy.Mul(*(s**k for s, k in zip(elems, m)))
+                           for m, c in poly.terms()))

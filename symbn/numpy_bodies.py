@@ -1,0 +1,191 @@
+"""Function bodies of the NumPy backend. Every pass over the input runs in chunks of rows of the first block, so
+temporaries stay in cache instead of making whole-array round trips to memory. When the first block is kept, a chunk
+holds whole statistics and every pass of a forward or backward runs while the chunk is in cache; when it is reduced,
+statistics span chunks and each reduction is a pass of its own. Elementwise work: symbn.elementwise."""
+
+from __future__ import annotations
+
+import sympy
+
+from .elementwise import SHIFT, Elementwise
+from .lower import Plan
+from .printers import numpy_code
+from .symbols import BETA, DY, GAMMA, X
+
+
+def numpy_statements(p: Plan) -> dict:
+    return _NumpyBodies(p).context()
+
+
+class _NumpyBodies:
+    def __init__(self, p: Plan):
+        self.p = p
+        self.ew = Elementwise(p)
+        self.mean = self.ew.mean
+        self.coordinates = self.ew.coordinates
+        self.whole = not p.blocks[0].reduced
+        # inside a chunk: the chunk's rows of x and dy, and of every array that spans the first block
+        self.sliced = (self.ew.stats if self.whole else set()) | ({GAMMA, BETA} if p.blocks[0].param else set())
+        self.names = {X: "xc", DY: "dyc"} | {s: f"{s.name}_c" for s in self.sliced}
+
+    def code(self, e: sympy.Expr) -> str:
+        return numpy_code(e, self.names)
+
+    def used(self, exprs) -> set:
+        return self.ew.used(exprs)
+
+    def output(self, e, shifted, loop):
+        return self.ew.output(e, shifted, loop.coefficient)
+
+    def lowered(self, exprs, loop, shifted: bool) -> tuple[list[str], list[str]]:
+        shared, reduced = self.ew.lowered(exprs, loop.coefficient, shifted)
+        return [f"{s} = {self.code(v)}" for s, v in shared], [self.code(e) for e in reduced]
+
+    # --- one pass over the chunks ---------------------------------------------------------------------------
+
+    def loop(self, exprs, shifted: bool, computed=()):
+        return _Loop(self, exprs, shifted, set(computed))
+
+    # --- function bodies ------------------------------------------------------------------------------------
+
+    def context(self) -> dict:
+        p = self.p
+        return dict(whole=self.whole, forward=self.forward(),
+                    forward_eval=self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats),
+                    backward=self.backward(p.sums, p.dx, p.param_sums, p.saved),
+                    backward_eval=self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats))
+
+    def shift(self, given) -> list[str]:
+        return [f"shift = _cast({self.mean.name}, xb)"] if self.mean in given else []
+
+    def forward(self) -> list[str]:
+        p = self.p
+        red = "axis=_RED, dtype=np.float64, keepdims=True"
+        if self.whole:
+            outs = train_out(p)
+            loop = self.loop([s.expr for s in p.train_steps] + [p.y], shifted=False,
+                             computed={s.symbol for s in p.train_steps} | {SHIFT})
+            shifted = False
+            for s in p.train_steps:
+                if not s.reduce:
+                    loop.body.append(f"{s.symbol.name}_c = {self.code(s.expr)}")
+                    continue
+                value = f"np.sum({loop.statements([s.expr], shifted)[0]}, {red})"
+                if s.denominator != 1:
+                    value += f" / ({self.code(s.denominator)})"
+                loop.body.append(f"{s.symbol.name}_c = {value}")
+                if s.symbol == self.mean:  # the chunk holds the whole statistic: shift by it from here on
+                    loop.body += [f"shift_c = _cast({s.symbol.name}_c, xb)", "xs = xc - shift_c"]
+                    shifted = True
+            loop.body.append(f"y[sl] = {loop.statements([self.output(p.y, shifted, loop)], shifted)[0]}")
+            loop.body += [f"{s}[sl] = {s}_c" for s in outs]
+            return [f"{s} = _stat(xb)" for s in outs] + ["y = np.empty_like(xb)"] + loop.lines()
+        out, shifted = [], False
+        for s in p.train_steps:
+            name = s.symbol.name
+            if not s.reduce:
+                out.append(f"{name} = {self.code(s.expr)}")
+                continue
+            loop = self.loop([s.expr], shifted)
+            loop.body.append(f"{name} += np.sum({loop.statements([s.expr], shifted)[0]}, {red})")
+            out += [f"{name} = _stat(xb)"] + loop.lines()
+            if s.denominator != 1:
+                out.append(f"{name} /= {self.code(s.denominator)}")
+            if s.symbol == self.mean:
+                out.append(f"shift = _cast({name}, xb)")
+                shifted = True
+        return out + self.map_pass("y", p.y, [], shifted)
+
+    def map_pass(self, out: str, expr, param_sums, shifted: bool) -> list[str]:
+        """One pass writing an elementwise output (and adding up parameter gradients)."""
+        loop = self.loop([expr] + [e for _, e in param_sums], shifted)
+        exprs = [self.output(expr, shifted, loop)] + [e for _, e in param_sums]
+        codes = loop.statements(exprs, shifted)
+        loop.body.append(f"{out}[sl] = {codes[0]}")
+        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[1:])]
+        return [f"{out} = np.empty_like(xb)"] + self.param_accumulators(param_sums) + loop.lines()
+
+    def backward(self, sums, dx, param_sums, given) -> list[str]:
+        red = "axis=_RED, dtype=np.float64, keepdims=True"
+        shifted, head = self.mean in given, self.shift(given)
+        if not sums:
+            return head + self.map_pass("dx", dx, param_sums, shifted)
+        exprs = [e for _, e in sums] + [e for _, e in param_sums]
+        if self.whole:
+            loop = self.loop(exprs + [dx], shifted, computed={s for s, _ in sums})
+            codes = loop.statements(exprs, shifted)
+            loop.body += [f"{s.name}_c = np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
+            loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
+            loop.body.append(f"dx[sl] = {loop.statements([self.output(dx, shifted, loop)], shifted)[0]}")
+            return head + ["dx = np.empty_like(xb)"] + self.param_accumulators(param_sums) + loop.lines()
+        loop = self.loop(exprs, shifted)
+        codes = loop.statements(exprs, shifted)
+        loop.body += [f"{s.name} += np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
+        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
+        out = head + [f"{s.name} = _stat(xb)" for s, _ in sums] + self.param_accumulators(param_sums)
+        return out + loop.lines() + self.map_pass("dx", dx, [], shifted)
+
+    def param_accumulators(self, param_sums) -> list[str]:
+        return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
+
+    def param_add(self, s, code: str) -> str:
+        total = f"np.sum({code}, axis=_NONPARAM, dtype=np.float64)"
+        # parameters along the first block: a chunk's rows are its own parameters' whole share
+        return f"{s.name}[sl] = {total}" if self.p.blocks[0].param else f"{s.name} += {total}"
+
+
+class _Loop:
+    """One pass over the chunks: coefficients hoisted before it (or into it, where they depend on the chunk), the
+    chunk's views, then the statements."""
+
+    def __init__(self, bodies: _NumpyBodies, exprs, shifted: bool, computed: set):
+        self.b, self.computed = bodies, computed
+        self.before: list[str] = []
+        self.body: list[str] = []
+        self.known: dict = {}
+        used = bodies.used(list(exprs))
+        pairs = [(n, v) for s, n, v in ((X, "xc", "xb[sl]"), (DY, "dyc", "dyb[sl]")) if s in used]
+        chunked = (used | ({SHIFT} if shifted and X in used else set())) & bodies.sliced - computed
+        pairs += [(bodies.names[s], f"_part({s.name}, sl)") for s in sorted(chunked, key=str)
+                  if s not in bodies.coordinates]
+        self.views = [", ".join(n for n, _ in pairs) + " = " + ", ".join(v for _, v in pairs)] if pairs else []
+        self.shift_line = f"xs = xc - {bodies.names.get(SHIFT, 'shift')}" if shifted and X in used else None
+        self.coordinates_done: set = set()
+
+    def coefficient(self, e: sympy.Expr) -> sympy.Symbol:
+        if e not in self.known:
+            k = sympy.Symbol(f"k{len(self.known)}", real=True)
+            self.known[e] = k
+            line = f"{k} = _cast({self.b.code(e)}, xb)"
+            inside = e.free_symbols & self.b.sliced
+            (self.body if inside else self.before).append(line)
+        return self.known[e]
+
+    def statements(self, exprs, shifted: bool) -> list[str]:
+        """Add the coordinates and shared parts *exprs* need to the body; return their codes."""
+        used = self.b.used(list(exprs))
+        for c, e in self.b.p.coordinates:
+            if c in used and c not in self.coordinates_done:
+                lines, (code,) = self.b.lowered([e], self, shifted)
+                self.body += lines + [f"{c} = {code}"]
+                self.coordinates_done.add(c)
+        lines, codes = self.b.lowered(list(exprs), self, shifted)
+        self.body += lines
+        return codes
+
+    def lines(self) -> list[str]:
+        head = self.views + ([self.shift_line] if self.shift_line else [])
+        return self.before + ["for sl in _chunks(xb):"] + _indent(head + self.body)
+
+
+def train_out(p: Plan) -> list[str]:
+    """Statistics forward_train hands on: the saved ones and every batch reduction, in graph order."""
+    order = [n.symbol for n in p.derivation.graph.nodes]
+    chosen = set(p.saved) | {n.symbol for n in p.derivation.graph.reductions}
+    return [s.name for s in sorted(chosen, key=order.index)]
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["    " + line for line in lines]
+
+
