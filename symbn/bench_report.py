@@ -28,12 +28,20 @@ def header(result: dict) -> str:
             f"settings   {s['threads']} threads, {s['repeat']} timed runs per kernel after one warm-up"
             f"{' (smoke: tiny sizes)' if s['smoke'] else ''}; other processes took "
             f"{_share(m.get('others_cpu_share'))} of the CPU time meanwhile\n"
+            f"{_busy_warning(m.get('others_cpu_share'))}"
             f"bandwidth  {bw['array_mib']} MiB float64 arrays, GB/s: {rates}; bound {bw['bound_gbps']:.1f} GB/s\n"
             f"bytes      least bytes a pass moves: {', '.join(f'{p} {b}' for p, b in s['bytes_model'].items())}\n")
 
 
 def _share(value) -> str:
     return "?" if value is None else f"{value:.0%}"
+
+
+def _busy_warning(share) -> str:
+    if share is None or share < 0.05:
+        return ""
+    return ("WARNING    other processes were busy: parallel kernels lose whole time slices when a thread is "
+            "descheduled; rerun on a quiet machine before comparing\n")
 
 
 def detail_table(result: dict) -> str:

@@ -85,10 +85,10 @@ class Elementwise:
         return used | ({X} if XS in used else set())
 
     def output(self, e: sympy.Expr, shifted: bool, coefficient: Coefficient) -> sympy.Expr:
-        """An elementwise output as a sum of coefficient * (xs, dy or 1) where it is affine in them and every
-        coefficient is per statistic (batch norm: y = xs*k1 + k2), so each element costs a multiply-add or two."""
-        if self.param_class != "stat":
-            return e
+        """An elementwise output, where it is affine in xs and dy, as sums of coefficient * (xs, dy or 1) grouped by
+        parameter factor: batch norm y = k0*xs + k1; layer norm y = k0*(k1*xs + k2) + k3 with k0 = gamma, k3 = beta.
+        Each element then costs a multiply-add or two, and no sum adds a coefficient to xs (fast-math would
+        reassociate x - shift + k into x + (k - shift) and lose what the shift gained)."""
         e = e.xreplace(self.coordinates).xreplace({X: XS + SHIFT} if shifted else {})
         elems = [s for s in (XS, X, DY) if s in e.free_symbols]
         try:
@@ -97,5 +97,20 @@ class Elementwise:
             return e
         if poly.total_degree() > 1:
             return e
-        return sympy.Add(*(coefficient(sympy.factor_terms(c)) * sympy.Mul(*(s**k for s, k in zip(elems, m)))
-                           for m, c in poly.terms()))
+        params = {GAMMA, BETA} if self.param_class == "param" else set()
+        groups: dict = {}  # parameter factor -> monomial -> statistic factor
+        for monomial, c in poly.terms():
+            m = sympy.Mul(*(s**k for s, k in zip(elems, monomial)))
+            for term in sympy.Add.make_args(sympy.expand(c)):
+                stat, param = term.as_independent(*params, as_Add=False)
+                inner = groups.setdefault(param, {})
+                inner[m] = inner.get(m, 0) + stat
+        total = sympy.Integer(0)
+        for param, inner in groups.items():
+            part = sum((self._factor(sympy.factor_terms(c), coefficient) * m for m, c in inner.items()),
+                       sympy.Integer(0))
+            total += part if param == 1 else coefficient(param) * part
+        return total
+
+    def _factor(self, c: sympy.Expr, coefficient: Coefficient) -> sympy.Expr:
+        return coefficient(c) if self.klass(c) else c

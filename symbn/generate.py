@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from pathlib import Path
 
 import sympy
 
 from . import __version__
 from .derive import DX, derive
 from .lower import Plan, plan
+from .elementwise import XS, Elementwise
 from .numpy_bodies import numpy_statements, train_out
 from .printers import cse, numpy_code, scalar_code, text
 from .render import render, template_source
@@ -50,9 +53,21 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
 
 
 def input_digest(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> str:
+    """What a generated module depends on: the spec, the templates and the generator's own code (so a cached module
+    made by an older generator of the same version is not reused)."""
     parts = [spec.digest(), backend, ",".join(dtypes), __version__, sympy.__version__,
-             template_source("module.py.j2"), template_source(f"{backend}_kernels.py.j2")]
+             template_source("module.py.j2"), template_source(f"{backend}_kernels.py.j2"), _generator_source()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+_GENERATOR = ("spec", "expr", "graph", "symbols", "derive", "lower", "printers", "report", "elementwise",
+              "numpy_bodies", "generate", "render")
+
+
+@functools.cache
+def _generator_source() -> str:
+    package = Path(__file__).resolve().parent
+    return "".join((package / f"{name}.py").read_text() for name in _GENERATOR)
 
 
 def content_hash(text_: str) -> str:
@@ -162,6 +177,68 @@ class _Scalar:
                 [self.code(e) for e in reduced_exprs])
 
 
+class _NumbaOutput:
+    """One output loop of a Numba kernel (y, dx) in the input's dtype: x shifted by its mean, coefficients hoisted
+    (symbn.elementwise). Statistic loops (prange over statistics): coefficients fixed per statistic are computed
+    once per statistic, parameter ones are arrays the wrapper computes. Column loops: every coefficient is an (O, C)
+    array the wrapper computes, read like a statistic. The output's form (multiply-adds, no coefficient added to
+    xs) leaves fast-math nothing to reassociate that would undo the shift."""
+
+    def __init__(self, p: Plan, sc: _Scalar, expr: sympy.Expr, shifted: bool, column: bool, array: str):
+        self.sc, self.column, self.array = sc, column, array
+        self.ew = Elementwise(p)
+        self.wrapper: list[tuple[str, str]] = []  # (name, NumPy code) computed by the wrapper, passed in
+        self.elem_lines: list[str] = []
+        self.known: dict = {}
+        self.stat_defs: list[tuple[sympy.Symbol, sympy.Expr]] = []  # once per statistic
+        expr = self.ew.output(expr.xreplace(self.ew.coordinates), shifted, self.coefficient)
+        shared, (final,) = self.ew.lowered([expr], self.coefficient, shifted)
+        used = self.ew.used([final] + [v for _, v in shared])
+        head = [f"xv = {sc.arrays[0]}[{sc.elem}]"] if X in used else []
+        head += [f"dyv = {sc.arrays[1]}[{sc.elem}]"] if DY in used else []
+        if XS in used:
+            if column:
+                self.wrapper.insert(0, ("shift", f"_cast({self.ew.mean.name}, {array})"))
+                head.append("shift = a_shift[o, c]")
+            else:
+                self.stat_defs.insert(0, (sympy.Symbol("shift"), self.ew.mean))
+            head.append("xs = xv - shift")
+        self.loads = head + self.elem_lines + [f"{t} = {sc.code(v)}" for t, v in shared]
+        self.code = sc.code(final)
+        exprs = [v for _, v in self.stat_defs]
+        loads = [line for symbol, line in ((GAMMA, f"gv = gamma[{sc.param}]"), (BETA, f"bv = beta[{sc.param}]"))
+                 if any(symbol in e.free_symbols for e in exprs)]
+        self.stat_lines = loads + [f"{k} = {array}.dtype.type({sc.code(v)})" for k, v in self.stat_defs]
+
+    @property
+    def arrays(self) -> list[str]:
+        """The names the wrapper passes in."""
+        return [name for name, _ in self.wrapper]
+
+    def context(self) -> dict:
+        return dict(stat_lines=self.stat_lines, wrapper=self.wrapper, arrays=self.arrays, loads=self.loads,
+                    code=self.code)
+
+    def coefficient(self, e: sympy.Expr) -> sympy.Symbol:
+        if e in self.known:
+            return self.known[e]
+        k = self.known[e] = sympy.Symbol(f"k{len(self.known)}", real=True)
+        klass = self.ew.klass(e)
+        if self.column:
+            self.wrapper.append((str(k), f"np.broadcast_to(_cast({numpy_code(e, {})}, {self.array}), (O, C))"))
+            self.elem_lines.append(f"{k} = a_{k}[o, c]")
+        elif klass == "stat":
+            self.stat_defs.append((k, e))
+        elif klass == "param":
+            self.wrapper.append((f"p_{k}", f"_cast({numpy_code(e, {})}, {self.array})"))
+            self.elem_lines.append(f"{k} = p_{k}[{self.sc.param}]")
+        else:  # varies with both statistic and parameter: computed per element
+            self.elem_lines += [f"gv = gamma[{self.sc.param}]"] * (GAMMA in e.free_symbols)
+            self.elem_lines += [f"bv = beta[{self.sc.param}]"] * (BETA in e.free_symbols)
+            self.elem_lines.append(f"{k} = {self.array}.dtype.type({self.sc.code(e)})")
+        return k
+
+
 def _numba_statements(p: Plan) -> dict:
     blocks = p.blocks
     all_ = list(range(len(blocks)))
@@ -170,7 +247,11 @@ def _numba_statements(p: Plan) -> dict:
     param = [i for i in all_ if blocks[i].param]
     elem = ", ".join(f"i{i}" for i in all_)
     sc = _Scalar(p, elem, _flat(param))
-    y_loads, (y_code,) = sc.with_cse([p.y])
+    mean = Elementwise(p).mean
+
+    def output(expr, given):
+        return _NumbaOutput(p, sc, expr, mean is not None and mean in given, False, "xb").context()
+
     # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared across.
     # When each statistic's elements share one parameter, dgamma/dbeta are sums over the same set as the named
     # reductions (batch norm: dbeta = sum(dy), dgamma = sum(dy*xhat)): accumulate them in the first loop, where CSE
@@ -178,8 +259,10 @@ def _numba_statements(p: Plan) -> dict:
     param_per_stat = set(param) <= set(kept)
     first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if param_per_stat else [])
     sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
-    dx_loads, dx_codes = sc.with_cse([p.dx] + ([] if param_per_stat else [e for _, e in p.param_sums]))
-    eval_loads, eval_codes = sc.with_cse([p.eval_dx] + [e for _, e in p.eval_param_sums])
+    dx_sums = [] if param_per_stat else [e for _, e in p.param_sums]
+    dx_loads, dx_codes = sc.with_cse(dx_sums) if dx_sums else ([], [])
+    eval_loads, eval_codes = sc.with_cse([e for _, e in p.eval_param_sums]) if p.eval_param_sums else ([], [])
+    every_stat = {n.symbol for n in p.derivation.graph.nodes}
     return dict(
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
@@ -188,11 +271,11 @@ def _numba_statements(p: Plan) -> dict:
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
                      for s in p.train_steps],
-        y=dict(loads=y_loads, code=y_code),
+        y=output(p.y, every_stat), y_eval=output(p.y, p.eval_stats),
         sums=list(zip([s.name for s, _ in p.sums], sum_codes)),
-        backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=dx_codes[0],
-        param_sums=sum_codes[len(p.sums):] if param_per_stat else dx_codes[1:],
-        eval_backward=dict(loads=eval_loads), eval_dx=eval_codes[0], eval_param_sums=eval_codes[1:],
+        backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=output(p.dx, p.saved),
+        param_sums=sum_codes[len(p.sums):] if param_per_stat else dx_codes,
+        eval_backward=dict(loads=eval_loads), eval_dx=output(p.eval_dx, p.eval_stats), eval_param_sums=eval_codes,
         column=_column_statements(p),
     )
 
@@ -216,6 +299,15 @@ def _column_statements(p: Plan) -> dict | None:
         loads, codes = sc.with_cse(list(exprs))
         return dict(stats=sc.stats_in(list(exprs)), loads=loads, codes=codes)
 
+    mean = Elementwise(p).mean
+
+    def output_kernel(expr, sums, given):
+        """An output in the input's dtype, with per-column float64 sums (parameter gradients) beside it."""
+        out = _NumbaOutput(p, sc, expr, mean is not None and mean in given, True, "x3")
+        loads, codes = sc.with_cse(list(sums)) if sums else ([], [])
+        return dict(stats=sc.stats_in(list(sums)) + out.arrays, loads=list(dict.fromkeys(out.loads + loads)),
+                    codes=[out.code] + codes, wrapper=out.wrapper)
+
     steps = []
     for s in p.train_steps:
         step = dict(name=s.symbol.name, reduce=s.reduce, code_np=numpy_code(s.expr, {}),
@@ -226,14 +318,16 @@ def _column_statements(p: Plan) -> dict | None:
     # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
     alias = [next((i for i, (_, se) in enumerate(p.sums) if se == pe), None) for _, pe in p.param_sums]
     param_from_sums = alias if p.param_sums and None not in alias else None
-    dx = kernel([p.dx] + ([] if param_from_sums is not None else [e for _, e in p.param_sums]))
+    every_stat = {n.symbol for n in p.derivation.graph.nodes}
+    dx = output_kernel(p.dx, [] if param_from_sums is not None else [e for _, e in p.param_sums], p.saved)
     return dict(
         outer=repr(tuple(range(first_reduced))), reduced=repr(tuple(range(first_reduced, n - 1))),
         param_over_c=b[-1].param,
-        train_steps=steps, y=kernel([p.y]),
+        train_steps=steps, y=output_kernel(p.y, [], every_stat),
+        y_eval=output_kernel(p.y, [], p.eval_stats),
         sums=kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums]) if p.sums else None,
         dx=dx, param_from_sums=param_from_sums,
-        eval_dx=kernel([p.eval_dx] + [e for _, e in p.eval_param_sums]),
+        eval_dx=output_kernel(p.eval_dx, [e for _, e in p.eval_param_sums], p.eval_stats),
     )
 
 
