@@ -17,7 +17,7 @@ from .printers import cse, numpy_code, scalar_code, text
 from .render import render, template_source
 from .report import axis_names, describe_spec, set_size_text
 from .spec import Spec
-from .symbols import BETA, DY, GAMMA, MOMENTUM, X
+from .symbols import BETA, DY, GAMMA, MOMENTUM, M, X
 
 BACKENDS = ("numpy", "numba")
 DTYPES = ("float32", "float64")
@@ -315,6 +315,7 @@ def _column_statements(p: Plan) -> dict | None:
         if s.reduce:
             step |= kernel([s.expr])
         steps.append(step)
+    moments = _moments(p)
     # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
     alias = [next((i for i, (_, se) in enumerate(p.sums) if se == pe), None) for _, pe in p.param_sums]
     param_from_sums = alias if p.param_sums and None not in alias else None
@@ -323,12 +324,45 @@ def _column_statements(p: Plan) -> dict | None:
     return dict(
         outer=repr(tuple(range(first_reduced))), reduced=repr(tuple(range(first_reduced, n - 1))),
         param_over_c=b[-1].param,
-        train_steps=steps, y=output_kernel(p.y, [], every_stat),
+        train_steps=steps, moments=moments, y=output_kernel(p.y, [], every_stat),
         y_eval=output_kernel(p.y, [], p.eval_stats),
         sums=kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums]) if p.sums else None,
         dx=dx, param_from_sums=param_from_sums,
         eval_dx=output_kernel(p.eval_dx, [e for _, e in p.eval_param_sums], p.eval_stats),
     )
+
+
+_SH = sympy.Symbol("s", real=True)  # a per-column shift: the column's value in the first row
+
+
+def _moments(p: Plan) -> dict | None:
+    """One pass for every statistic of a column layout, where each reduction sums a polynomial in x: the pass adds
+    up the powers of d = x - s, s the column's first value, and each reduction follows from those sums (the mean
+    is s + sum(d)/M, the variance sum(d**2)/M - (sum(d)/M)**2). With s a value of the column, the cancellation in
+    that difference is (x_first - mean)**2 / variance: a few bits, not the mean's magnitude. None when a summand is
+    not a polynomial in x (mean absolute deviation): then each reduction takes its own pass."""
+    powers = []
+    for step in p.train_steps:
+        if step.reduce:
+            try:
+                poly = sympy.Poly(sympy.expand(step.expr.xreplace({X: XS + _SH})), XS)
+            except sympy.PolynomialError:
+                return None
+            powers.append(poly)
+    degree = max(poly.degree() for poly in powers)
+    sums = [sympy.Symbol(f"p{k}", real=True) for k in range(1, degree + 1)]
+    totals = iter(powers)
+    steps = []
+    for step in p.train_steps:
+        if step.reduce:
+            # coefficients stay factored in (mean - s): expanded, M*(mu**2 - 2*mu*s + s**2) would cancel digits
+            total = sum((sympy.factor(c) * (M if k == 0 else sums[k - 1]) for (k,), c in next(totals).terms()),
+                        sympy.Integer(0))
+            code = f"({numpy_code(total, {})}) / ({numpy_code(step.denominator, {})})"
+        else:
+            code = numpy_code(step.expr, {})
+        steps.append((step.symbol.name, code))
+    return dict(degree=degree, steps=steps)
 
 
 def _flat(indices: list[int]) -> str:
