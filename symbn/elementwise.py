@@ -107,10 +107,18 @@ class Elementwise:
                 inner[m] = inner.get(m, 0) + stat
         total = sympy.Integer(0)
         for param, inner in groups.items():
-            part = sum((self._factor(sympy.factor_terms(c), coefficient) * m for m, c in inner.items()),
-                       sympy.Integer(0))
+            part = sum((self._factor(self._tidy(c), coefficient) * m for m, c in inner.items()), sympy.Integer(0))
             total += part if param == 1 else coefficient(param) * part
         return total
+
+    def _tidy(self, c: sympy.Expr) -> sympy.Expr:
+        """A coefficient with the shift only inside (mean - shift), the small, exact correction: beta - gamma*istd*mu
+        + gamma*istd*shift becomes beta - gamma*istd*(mu - shift), which neither cancels digits nor reads worse."""
+        if SHIFT not in c.free_symbols:
+            return sympy.factor_terms(c)
+        d = sympy.Dummy("d")
+        c = sympy.factor_terms(sympy.expand(c.xreplace({SHIFT: self.mean - d})))
+        return c.xreplace({d: sympy.Add(self.mean, -SHIFT, evaluate=False)})
 
     def _factor(self, c: sympy.Expr, coefficient: Coefficient) -> sympy.Expr:
         return coefficient(c) if self.klass(c) else c
