@@ -79,7 +79,7 @@ class _NumpyBodies:
                     shifted = True
             loop.body.append(f"y[sl] = {loop.statements([self.output(p.y, shifted, loop)], shifted)[0]}")
             loop.body += [f"{s}[sl] = {s}_c" for s in outs]
-            return [f"{s} = _stat(xb)" for s in outs] + ["y = np.empty_like(xb)"] + loop.lines()
+            return [f"{s} = _stat(xb)" for s in outs] + loop.lines()
         out, shifted = [], False
         for s in p.train_steps:
             name = s.symbol.name
@@ -103,7 +103,7 @@ class _NumpyBodies:
         codes = loop.statements(exprs, shifted)
         loop.body.append(f"{out}[sl] = {codes[0]}")
         loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[1:])]
-        return [f"{out} = np.empty_like(xb)"] + self.param_accumulators(param_sums) + loop.lines()
+        return self.param_accumulators(param_sums) + loop.lines()
 
     def backward(self, sums, dx, param_sums, given) -> list[str]:
         red = "axis=_RED, dtype=np.float64, keepdims=True"
@@ -117,13 +117,25 @@ class _NumpyBodies:
             loop.body += [f"{s.name}_c = np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
             loop.body.append(f"dx[sl] = {loop.statements([self.output(dx, shifted, loop)], shifted)[0]}")
-            return head + ["dx = np.empty_like(xb)"] + self.param_accumulators(param_sums) + loop.lines()
+            return head + self.param_accumulators(param_sums) + loop.lines()
+        aliases, param_sums = self.sums_taken_anyway(sums, param_sums)
+        exprs = [e for _, e in sums] + [e for _, e in param_sums]
         loop = self.loop(exprs, shifted)
         codes = loop.statements(exprs, shifted)
         loop.body += [f"{s.name} += np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
         loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
         out = head + [f"{s.name} = _stat(xb)" for s, _ in sums] + self.param_accumulators(param_sums)
-        return out + loop.lines() + self.map_pass("dx", dx, [], shifted)
+        return out + loop.lines() + aliases + self.map_pass("dx", dx, [], shifted)
+
+    def sums_taken_anyway(self, sums, param_sums):
+        """Parameter gradients that equal a statistic's sum: the same summand over the same elements, when the
+        parameters span exactly the blocks the statistics keep (batch norm: dbeta = sum(dy), dgamma =
+        sum(dy*xhat)). Returns the lines that take them from those sums, and the parameter sums left to do."""
+        if any(b.reduced == b.param for b in self.p.blocks):
+            return [], param_sums
+        stat = {e: s for s, e in sums}
+        return ([f"{s.name} = {stat[e].name}.reshape(-1)" for s, e in param_sums if e in stat],
+                [(s, e) for s, e in param_sums if e not in stat])
 
     def param_accumulators(self, param_sums) -> list[str]:
         return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]

@@ -26,7 +26,7 @@ REPRESENTATIVE = ("batch_nchw", "layer_nc", "group4_nchw", "rms_nc")
 BATCH = ("batch_nc", "batch_nchw", "batch_nhwc")
 FUNCTIONS = ("forward_train", "forward_eval", "backward", "backward_eval")
 # Every argument name a message could mention; a message must mention the offending one first.
-ARGUMENTS = ("x", "dy", "gamma", "beta", "running_mu", "running_var", "running_ms", "mu", "istd", "irms")
+ARGUMENTS = ("x", "dy", "gamma", "beta", "running_mu", "running_var", "running_ms", "mu", "istd", "irms", "out")
 
 
 def cases(names, functions=(None,)):
@@ -376,3 +376,62 @@ def test_running_statistics_that_cannot_be_updated_in_place_are_refused_by_name(
     with pytest.raises((TypeError, ValueError)) as e:
         call(module, "forward_train", {**args, **lists})
     assert_names(e, "running_mu")
+
+
+# --- out= ---------------------------------------------------------------------------------------------------------
+COLUMNS = ("batch_nc", "batch_nhwc")  # the column kernels write their output differently from the others
+
+
+@pytest.mark.parametrize("dtype", (np.float64, np.float32))
+@pytest.mark.parametrize("name, backend, fn", cases(REPRESENTATIVE + COLUMNS, FUNCTIONS))
+def test_out_receives_exactly_the_result_of_a_fresh_call(name, backend, fn, dtype):
+    spec, module, args = valid(name, backend, dtype=dtype)
+    fresh_args = {k: v.copy() for k, v in args.items()}
+    want = call(module, fn, fresh_args)
+    out = np.full_like(args["x"], np.nan)  # whatever it held before must not matter
+    got = getattr(module, fn)(**{k: args[k] for k in inspect.signature(getattr(module, fn)).parameters
+                                 if k in args}, out=out)
+    want, got = (w if isinstance(w, tuple) else (w,) for w in (want, got))
+    assert got[0] is out
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+    for r in module.RUNNING:  # forward_train updated them the same way
+        np.testing.assert_array_equal(args[r], fresh_args[r])
+
+
+def _bad_outs(args, fn):
+    x = args["x"]
+    wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
+    readonly = np.zeros_like(x)
+    readonly.flags.writeable = False
+    bad = {"a list": (TypeError, x.tolist(), "numpy array"),
+           "another shape": (ValueError, np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype), "shape"),
+           "another dtype": (ValueError, np.zeros(x.shape, np.float32), "float32"),
+           "non-contiguous": (ValueError, wide[..., ::2], "contiguous"),
+           "read-only": (ValueError, readonly, "read-only"),
+           "x itself": (ValueError, x, "sharing memory")}
+    if fn.startswith("backward"):
+        bad["dy itself"] = (ValueError, args["dy"], "sharing memory")
+    return bad
+
+
+OUT_KINDS = ("a list", "another shape", "another dtype", "non-contiguous", "read-only", "x itself", "dy itself")
+
+
+@pytest.mark.parametrize("name, backend, fn, kind", [
+    pytest.param(*c.values, kind, id="-".join(c.values + (kind,)))
+    for c in cases(("batch_nchw", "batch_nc"), FUNCTIONS) for kind in OUT_KINDS
+    if kind != "dy itself" or c.values[2].startswith("backward")])
+def test_bad_out_is_refused_by_name_and_nothing_is_written(name, backend, fn, kind):
+    spec, module, args = valid(name, backend)
+    error, out, fragment = _bad_outs(args, fn)[kind]
+    before = {k: np.array(v, copy=True) for k, v in args.items()}
+    out_before = np.array(out, copy=True)
+    with pytest.raises(error) as e:
+        getattr(module, fn)(**{k: args[k] for k in inspect.signature(getattr(module, fn)).parameters
+                               if k in args}, out=out)
+    assert_names(e, "out", fragment)
+    np.testing.assert_array_equal(np.asarray(out), out_before)
+    for k, v in args.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=f"{k} changed by a refused call")
