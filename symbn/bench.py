@@ -5,6 +5,9 @@ Per case, dtype and pass (forward-train, backward, forward+backward, inference) 
 - ``naive-numpy``: the textbook staged normalization (one array per step, see :class:`Staged`), written here by hand
   as the reference of what people write;
 - ``symbn-numpy`` and ``symbn-numba``: the generated modules (from generated/ for catalogue specs, else symbn.load);
+- ``symbn-numba-out``: the same Numba module writing y and dx into arrays reused from call to call (``out=``), as a
+  training loop can: a fresh output costs the kernel the first touch of new pages, which on large inputs is a
+  large share of the time;
 - ``torch``: PyTorch's functional normalization, with autograd for the backward, when torch imports.
 
 Runs are interleaved round by round, so each PyTorch run has a partner run of every other implementation taken at
@@ -29,7 +32,7 @@ from .generate import CONTENT_HASH
 from .spec import CENTRED, LAYOUTS, PRESETS, RMS, Spec, preset
 
 PASSES = ("forward", "backward", "forward+backward", "inference")
-IMPLS = ("naive-numpy", "symbn-numpy", "symbn-numba", "torch")
+IMPLS = ("naive-numpy", "symbn-numpy", "symbn-numba", "symbn-numba-out", "torch")
 DTYPES = ("float32", "float64")
 GENERATED = Path(__file__).resolve().parents[1] / "generated"
 
@@ -213,21 +216,23 @@ def naive_calls(spec, data):
             "inference": inference}, lambda out: out
 
 
-def module_calls(spec, data, module):
+def module_calls(spec, data, module, reuse=False):
+    """The module's functions; with *reuse*, y and dx go to arrays allocated once (out=)."""
     x, dy = data["x"], data["dy"]
+    y_out, dx_out = (np.empty_like(x), np.empty_like(x)) if reuse else (None, None)
     params = [data[p] for p in parameter_names(module)]
     gamma = params[:1] if "gamma" in parameter_names(module) else []
     running = dict(zip(module.RUNNING, data["running"])) if batch_axis_reduced(spec) else {}
     _, *saved = module.forward_train(x, *params)
 
     def fwd_bwd():
-        _, *s = module.forward_train(x, *params, **running)
-        return module.backward(dy, x, *gamma, *s)
+        _, *s = module.forward_train(x, *params, **running, out=y_out)
+        return module.backward(dy, x, *gamma, *s, out=dx_out)
 
-    inference = ((lambda: module.forward_eval(x, *params, **running)) if running
-                 else (lambda: module.forward_train(x, *params)[0]))
-    return {"forward": lambda: module.forward_train(x, *params, **running),
-            "backward": lambda: module.backward(dy, x, *gamma, *saved), "forward+backward": fwd_bwd,
+    inference = ((lambda: module.forward_eval(x, *params, **running, out=y_out)) if running
+                 else (lambda: module.forward_train(x, *params, out=y_out)[0]))
+    return {"forward": lambda: module.forward_train(x, *params, **running, out=y_out),
+            "backward": lambda: module.backward(dy, x, *gamma, *saved, out=dx_out), "forward+backward": fwd_bwd,
             "inference": inference}, lambda out: out if isinstance(out, np.ndarray) else out[0]
 
 
@@ -356,6 +361,7 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
     factories = {"naive-numpy": lambda: naive_calls(spec, data),
                  "symbn-numpy": lambda: module_calls(spec, data, modules["symbn-numpy"]),
                  "symbn-numba": lambda: module_calls(spec, data, modules["symbn-numba"]),
+                 "symbn-numba-out": lambda: module_calls(spec, data, modules["symbn-numba"], reuse=True),
                  "torch": lambda: torch_calls(spec, data, torch) if torch is not None else None}
     impls, first_forward = {}, {}
     for name, factory in factories.items():
@@ -381,7 +387,8 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
         nbytes = bandwidth.min_bytes(pass_name, elements, itemsize)
         for name, ts in times.items():
             row = {"case": case.name, "spec": spec.name, "shape": list(shape), "dtype": dtype, "pass": pass_name,
-                   "impl": name, "module": _provenance(modules.get(name)), "first_call_s": first[name],
+                   "impl": name, "module": _provenance(modules.get(name.removesuffix("-out"))),
+                   "first_call_s": first[name],
                    "times_s": ts, "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                    "min_bytes": nbytes, "max_rel_diff_vs_naive": _rel_diff(outs[name], outs["naive-numpy"])}
             row["gbps"] = nbytes / row["median_s"] / 1e9
@@ -392,7 +399,7 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
             rows.append(row)
     compiled, loaded = (a - b for a, b in zip(_jit_counts(modules["symbn-numba"]), jit_before))
     for row in rows:
-        if row["impl"] == "symbn-numba":
+        if row["impl"] == "symbn-numba":  # the -out row runs the same compiled kernels
             row["jit"] = dict(compiled=compiled, loaded_from_cache=loaded)
     return rows
 

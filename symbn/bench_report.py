@@ -6,7 +6,8 @@ import json
 from itertools import groupby
 from pathlib import Path
 
-SHORT = {"naive-numpy": "naive", "symbn-numpy": "numpy", "symbn-numba": "numba", "torch": "torch"}
+SHORT = {"naive-numpy": "naive", "symbn-numpy": "numpy", "symbn-numba": "numba", "symbn-numba-out": "numba out=",
+         "torch": "torch"}
 
 
 def _blocks(result: dict):
@@ -46,7 +47,7 @@ def _busy_warning(share) -> str:
 
 def detail_table(result: dict) -> str:
     lines = []
-    cols = f"  {'pass':<17}{'impl':<13}{'median ms':>10} {'min-max ms':>17} {'GB/s':>7} {'bound':>6} " \
+    cols = f"  {'pass':<17}{'impl':<16}{'median ms':>10} {'min-max ms':>17} {'GB/s':>7} {'bound':>6} " \
            f"{'vs torch (min-max)':>21} {'first ms':>9} {'rel diff':>9}"
     for (case, dtype), rows in _blocks(result):
         rows = list(rows)
@@ -54,7 +55,7 @@ def detail_table(result: dict) -> str:
         for r in rows:
             sp = r.get("speedup_vs_torch")
             vs = f"{sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f})" if sp else "-"
-            lines.append(f"  {r['pass']:<17}{r['impl']:<13}{_ms(r['median_s']):>10} "
+            lines.append(f"  {r['pass']:<17}{r['impl']:<16}{_ms(r['median_s']):>10} "
                          f"{_ms(r['min_s']) + '-' + _ms(r['max_s']):>17} {r['gbps']:>7.1f} "
                          f"{r['fraction_of_bound']:>6.0%} {vs:>21} {_ms(r['first_call_s']):>9} "
                          f"{r['max_rel_diff_vs_naive']:>9.1e}")
@@ -68,11 +69,12 @@ def _find(rows, impl, pass_name):
 def summary_table(result: dict) -> str:
     """One line per case and dtype: the Numba kernels against PyTorch and the bound, NumPy against the naive code."""
     head = (f"{'case':<17}{'dtype':<8}{'numba fwd':>10}{'torch fwd':>10}{'x':>6}{'numba f+b':>10}{'torch f+b':>10}"
-            f"{'x':>6}{'fwd bound':>10}{'bwd bound':>10}{'numpy/naive f+b':>16}")
+            f"{'x':>6}{'fwd bound':>10}{'bwd bound':>10}{'out= fwd':>9}{'out= bwd':>9}{'numpy/naive f+b':>16}")
     lines = [head, "-" * len(head)]
     for (case, dtype), rows in _blocks(result):
         rows = list(rows)
         nf, nfb, nb = (_find(rows, "symbn-numba", p) for p in ("forward", "forward+backward", "backward"))
+        of, ob = (_find(rows, "symbn-numba-out", p) for p in ("forward", "backward"))
         tf, tfb = (_find(rows, "torch", p) for p in ("forward", "forward+backward"))
         naive, numpy = _find(rows, "naive-numpy", "forward+backward"), _find(rows, "symbn-numpy", "forward+backward")
         gain = naive["median_s"] / numpy["median_s"]
@@ -83,10 +85,13 @@ def summary_table(result: dict) -> str:
         def vs(r):
             return f"{r['speedup_vs_torch']['median']:.2f}" if r and "speedup_vs_torch" in r else "-"
 
+        def bound(r, width):
+            return f"{r['fraction_of_bound']:>{width}.0%}" if r else f"{'-':>{width}}"
+
         lines.append(f"{case:<17}{dtype:<8}{ms(nf):>10}{ms(tf):>10}{vs(nf):>6}{ms(nfb):>10}{ms(tfb):>10}{vs(nfb):>6}"
-                     f"{nf['fraction_of_bound']:>10.0%}{nb['fraction_of_bound']:>10.0%}{gain:>15.2f}x")
+                     f"{bound(nf, 10)}{bound(nb, 10)}{bound(of, 9)}{bound(ob, 9)}{gain:>15.2f}x")
     lines.append("times are medians in ms; x: median of pairwise PyTorch/numba ratios; bound: GB/s over the least "
-                 "bytes as a fraction of the measured bound")
+                 "bytes as a fraction of the measured bound; out=: numba writing into reused arrays")
     return "\n".join(lines) + "\n"
 
 
@@ -111,9 +116,9 @@ def write_plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(passes), 2, figsize=(max(12, 0.9 * len(keys) + 4), 3.6 * len(passes)),
                              squeeze=False)
     x = np.arange(len(keys))
+    ours = [impl for impl in settings["impls"] if impl != "torch"]
     for i, p in enumerate(passes):
-        for j, (impls, metric) in enumerate(((["naive-numpy", "symbn-numpy", "symbn-numba"], "speedup"),
-                                             (settings["impls"], "fraction_of_bound"))):
+        for j, (impls, metric) in enumerate(((ours, "speedup"), (settings["impls"], "fraction_of_bound"))):
             ax = axes[i][j]
             width = 0.8 / len(impls)
             for k, impl in enumerate(impls):
