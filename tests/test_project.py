@@ -25,3 +25,15 @@ def test_readme_python_example_matches_the_engine():
     d = symbn.derive(symbn.preset("batch", "NCHW"))
     assert f"dx = {d.dx}" in readme
     assert f"print(d.dx)              # {d.dx}" in readme
+
+
+def test_readme_usage_example_runs_and_out_receives_the_results(monkeypatch):
+    import numpy as np
+
+    block = re.search(r"```python\n(import importlib\.util.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(ROOT)
+    env = {}
+    exec(compile(block, "README.md", "exec"), env)
+    assert env["y"] is env["y_buf"] and env["dx"] is env["dx_buf"]
+    fresh = env["bn"].backward(np.ones_like(env["x"]), env["x"], env["gamma"], env["mu"], env["istd"])[0]
+    np.testing.assert_array_equal(env["dx"], fresh)
