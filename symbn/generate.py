@@ -248,6 +248,7 @@ def _numba_statements(p: Plan) -> dict:
     elem = ", ".join(f"i{i}" for i in all_)
     sc = _Scalar(p, elem, _flat(param))
     mean = Elementwise(p).mean
+    first_elem = ", ".join("0" if blocks[i].reduced else f"i{i}" for i in all_)
 
     def output(expr, given):
         return _NumbaOutput(p, sc, expr, mean is not None and mean in given, False, "xb").context()
@@ -267,7 +268,7 @@ def _numba_statements(p: Plan) -> dict:
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
         stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=param_per_stat,
-        param_fixed_inner=reduced[-1] not in param,
+        param_fixed_inner=reduced[-1] not in param, moments=_moments(p, sc.code), first_elem=first_elem,
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
                      for s in p.train_steps],
@@ -315,7 +316,7 @@ def _column_statements(p: Plan) -> dict | None:
         if s.reduce:
             step |= kernel([s.expr])
         steps.append(step)
-    moments = _moments(p)
+    moments = _moments(p, lambda e: numpy_code(e, {}))
     # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
     alias = [next((i for i, (_, se) in enumerate(p.sums) if se == pe), None) for _, pe in p.param_sums]
     param_from_sums = alias if p.param_sums and None not in alias else None
@@ -332,15 +333,16 @@ def _column_statements(p: Plan) -> dict | None:
     )
 
 
-_SH = sympy.Symbol("s", real=True)  # a per-column shift: the column's value in the first row
+_SH = sympy.Symbol("s", real=True)  # a per-set shift: the set's first value
 
 
-def _moments(p: Plan) -> dict | None:
-    """One pass for every statistic of a column layout, where each reduction sums a polynomial in x: the pass adds
-    up the powers of d = x - s, s the column's first value, and each reduction follows from those sums (the mean
-    is s + sum(d)/M, the variance sum(d**2)/M - (sum(d)/M)**2). With s a value of the column, the cancellation in
-    that difference is (x_first - mean)**2 / variance: a few bits, not the mean's magnitude. None when a summand is
-    not a polynomial in x (mean absolute deviation): then each reduction takes its own pass."""
+def _moments(p: Plan, code) -> dict | None:
+    """One pass for every statistic, where each reduction sums a polynomial in x: the pass adds up the powers of
+    d = x - s, s the first value of the set (of the column, in column layouts), and each reduction follows from
+    those sums (the mean is s + sum(d)/M, the variance sum(d**2)/M - (sum(d)/M)**2). With s a value of the set, the
+    cancellation in that difference is (x_first - mean)**2 / variance: a few bits, not the mean's magnitude. None
+    when there is one reduction (it is one pass already) or a summand is not a polynomial in x (mean absolute
+    deviation): then each reduction takes its own pass. *code* prints a SymPy expression for the backend."""
     powers = []
     for step in p.train_steps:
         if step.reduce:
@@ -349,6 +351,8 @@ def _moments(p: Plan) -> dict | None:
             except sympy.PolynomialError:
                 return None
             powers.append(poly)
+    if len(powers) < 2:
+        return None
     degree = max(poly.degree() for poly in powers)
     sums = [sympy.Symbol(f"p{k}", real=True) for k in range(1, degree + 1)]
     totals = iter(powers)
@@ -358,11 +362,10 @@ def _moments(p: Plan) -> dict | None:
             # coefficients stay factored in (mean - s): expanded, M*(mu**2 - 2*mu*s + s**2) would cancel digits
             total = sum((sympy.factor(c) * (M if k == 0 else sums[k - 1]) for (k,), c in next(totals).terms()),
                         sympy.Integer(0))
-            code = f"({numpy_code(total, {})}) / ({numpy_code(step.denominator, {})})"
+            steps.append((step.symbol.name, f"({code(total)}) / ({code(step.denominator)})"))
         else:
-            code = numpy_code(step.expr, {})
-        steps.append((step.symbol.name, code))
-    return dict(degree=degree, steps=steps)
+            steps.append((step.symbol.name, code(step.expr)))
+    return dict(degree=degree, steps=steps, powers=["*".join(["d"] * k) for k in range(1, degree + 1)])
 
 
 def _flat(indices: list[int]) -> str:
