@@ -72,6 +72,35 @@ def measure(threads: int, mib: int = 256, repeat: int = 5) -> dict:
     return {"array_mib": mib, "repeat": repeat, **rates, "bound_gbps": bound}
 
 
+def _size(text: str) -> int:
+    """A sysfs cache size ("32768K", "1M", "512") in bytes."""
+    text = text.strip()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+    return int(text.rstrip("KkMmGg")) * scale
+
+
+def last_level_cache_bytes(default: int = 32 * 2**20) -> int:
+    """The largest cache of CPU 0 (Linux sysfs); *default* where that cannot be read."""
+    try:
+        return max(_size((index / "size").read_text())
+                   for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"))
+    except (OSError, ValueError):
+        return default
+
+
+class ColdCache:
+    """Called before each timed run, writes a buffer twice the last-level cache, so every implementation reads its
+    inputs from memory. Without it the one that runs right after a kernel on the same x finds part of x still in
+    cache (batch NC's x, 16 MiB, fits a 32 MiB L3), and the order within a round, not the kernel, decides the ratio.
+    The bound is streaming bandwidth from memory, so cold runs are the ones it describes."""
+
+    def __init__(self, nbytes: int | None = None):
+        self.buffer = np.zeros((nbytes or 2 * last_level_cache_bytes()) // 8)
+
+    def __call__(self) -> None:
+        self.buffer += 1.0
+
+
 def machine(torch=None) -> dict:
     import platform
 

@@ -11,7 +11,8 @@ Per case, dtype and pass (forward-train, backward, forward+backward, inference) 
 - ``torch``: PyTorch's functional normalization, with autograd for the backward, when torch imports.
 
 Runs are interleaved round by round, so each PyTorch run has a partner run of every other implementation taken at
-nearly the same moment; speed-ups are medians of those pairwise ratios. The machine's streaming bandwidth is measured
+nearly the same moment; speed-ups are medians of those pairwise ratios. Every timed run starts with cold caches
+(bandwidth.ColdCache), so no implementation inherits the inputs its predecessor left in cache. The machine's streaming bandwidth is measured
 in the same process (symbn.bandwidth) and every kernel is also reported as GB/s over the least bytes its pass must
 move. Tables, the JSON file and the chart are in symbn.bench_report.
 """
@@ -351,7 +352,9 @@ def _rel_diff(a, ref) -> float:
     return float(np.max(np.abs(a - ref)) / max(np.max(np.abs(ref)), 1e-300))
 
 
-def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float, torch=None) -> list[dict]:
+def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float, torch=None,
+                 cold=lambda: None) -> list[dict]:
+    """Rows of the result for one case and dtype; *cold* runs before every timed run (see bandwidth.ColdCache)."""
     spec, shape = case.spec, case.smoke_shape if smoke else case.shape
     modules = {"symbn-numpy": load_module(spec, "numpy"), "symbn-numba": load_module(spec, "numba")}
     data = make_data(spec, shape, np.dtype(dtype), modules["symbn-numpy"])
@@ -381,6 +384,7 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
         try:
             for _ in range(repeat):
                 for name, (calls, _) in impls.items():
+                    cold()
                     times[name].append(_timed(calls[pass_name])[0])
         finally:
             gc.enable()
@@ -426,19 +430,19 @@ def run(cases=None, dtypes=DTYPES, repeat: int = 10, threads: int | None = None,
         torch.set_num_threads(threads)
     busy_before = bandwidth.cpu_seconds()
     bw = bandwidth.measure(threads, mib=8 if smoke else 256, repeat=1 if smoke else 5)
-    results = []
+    results, cold = [], bandwidth.ColdCache()
     for case in chosen:
         for dtype in dtypes:
             if progress:
                 progress(f"{case.name} {dtype}")
-            results += measure_case(case, dtype, repeat, smoke, bw["bound_gbps"], torch)
+            results += measure_case(case, dtype, repeat, smoke, bw["bound_gbps"], torch, cold)
             if not smoke:
                 gc.collect()  # the next case starts without this one's garbage (a collection costs ~0.2 s)
     info = bandwidth.machine(torch)
     info["others_cpu_share"] = bandwidth.others_share(busy_before, bandwidth.cpu_seconds())
     return {"format": "symbn-bench/1", "machine": info,
             "settings": dict(cases=[c.name for c in chosen], dtypes=list(dtypes), repeat=repeat, threads=threads,
-                             smoke=smoke, passes=list(PASSES), impls=[i for i in IMPLS if torch or i != "torch"],
+                             smoke=smoke, cold_cache_bytes=cold.buffer.nbytes, passes=list(PASSES), impls=[i for i in IMPLS if torch or i != "torch"],
                              bytes_model={p: f"{k}*E*s" for p, k in bandwidth.TENSORS_MOVED.items()}),
             "bandwidth": bw, "results": results}
 

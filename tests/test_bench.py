@@ -109,3 +109,20 @@ def test_case_selection_by_substring():
     assert [c.name for c in bench.select(["batch_nchw"])] == ["batch_nchw", "batch_nchw_large"]
     assert [c.name for c in bench.select(["rms", "layer"])] == ["layer_nc", "rms_nc"]
     assert len(bench.select(None)) == len(bench.CASES)
+
+
+def test_every_timed_run_starts_after_a_cache_flush():
+    calls = []
+    rows = bench.measure_case(bench.CASES[0], "float64", repeat=2, smoke=True, bound=1.0, torch=None,
+                              cold=lambda: calls.append(1))
+    timed = sum(len(row["times_s"]) for row in rows)
+    assert timed == 2 * len(bench.PASSES) * 4 and len(calls) == timed  # four implementations without torch
+
+
+@pytest.mark.parametrize("text, size", [("32768K", 32 * 2**20), ("1M", 2**20), ("512", 512), ("1G\n", 2**30)])
+def test_sysfs_cache_sizes_parse(text, size):
+    assert bench.bandwidth._size(text) == size
+
+
+def test_cold_cache_buffer_is_twice_the_last_level_cache():
+    assert bench.bandwidth.ColdCache().buffer.nbytes == 2 * bench.bandwidth.last_level_cache_bytes()
