@@ -12,9 +12,9 @@ Per case, dtype and pass (forward-train, backward, forward+backward, inference) 
 
 Runs are interleaved round by round, so each PyTorch run has a partner run of every other implementation taken at
 nearly the same moment; speed-ups are medians of those pairwise ratios. Every timed run starts with cold caches
-(bandwidth.ColdCache), so no implementation inherits the inputs its predecessor left in cache. The machine's streaming bandwidth is measured
-in the same process (symbn.bandwidth) and every kernel is also reported as GB/s over the least bytes its pass must
-move. Tables, the JSON file and the chart are in symbn.bench_report.
+(bandwidth.ColdCache), so no implementation inherits the inputs its predecessor left in cache. The machine's
+streaming bandwidth is measured in the same process (symbn.bandwidth) and every kernel is also reported as GB/s over
+the least bytes its pass must move. Tables, the JSON file and the chart are in symbn.bench_report.
 """
 
 from __future__ import annotations
