@@ -107,11 +107,11 @@ class Elementwise:
                 inner[m] = inner.get(m, 0) + stat
         total = sympy.Integer(0)
         for param, inner in groups.items():
-            part = sum((self._factor(self._tidy(c), coefficient) * m for m, c in inner.items()), sympy.Integer(0))
+            part = sum((self._factor(self.tidy(c), coefficient) * m for m, c in inner.items()), sympy.Integer(0))
             total += part if param == 1 else coefficient(param) * part
         return total
 
-    def _tidy(self, c: sympy.Expr) -> sympy.Expr:
+    def tidy(self, c: sympy.Expr) -> sympy.Expr:
         """A coefficient with the shift only inside (mean - shift), the small, exact correction: beta - gamma*istd*mu
         + gamma*istd*shift becomes beta - gamma*istd*(mu - shift), which neither cancels digits nor reads worse."""
         if SHIFT not in c.free_symbols:

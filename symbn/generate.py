@@ -13,6 +13,7 @@ from .derive import DX, derive
 from .lower import Plan, plan
 from .elementwise import XS, Elementwise
 from .numpy_bodies import numpy_statements, train_out
+from .reductions import moments
 from .printers import cse, numpy_code, scalar_code, text
 from .render import render, template_source
 from .report import axis_names, describe_spec, set_size_text
@@ -268,7 +269,7 @@ def _numba_statements(p: Plan) -> dict:
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
         stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=param_per_stat,
-        param_fixed_inner=reduced[-1] not in param, moments=_moments(p, sc.code), first_elem=first_elem,
+        param_fixed_inner=reduced[-1] not in param, moments=moments(p, sc.code), first_elem=first_elem,
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
                      for s in p.train_steps],
@@ -316,7 +317,7 @@ def _column_statements(p: Plan) -> dict | None:
         if s.reduce:
             step |= kernel([s.expr])
         steps.append(step)
-    moments = _moments(p, lambda e: numpy_code(e, {}))
+    power_sums = moments(p, lambda e: numpy_code(e, {}))
     # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
     alias = [next((i for i, (_, se) in enumerate(p.sums) if se == pe), None) for _, pe in p.param_sums]
     param_from_sums = alias if p.param_sums and None not in alias else None
@@ -325,47 +326,12 @@ def _column_statements(p: Plan) -> dict | None:
     return dict(
         outer=repr(tuple(range(first_reduced))), reduced=repr(tuple(range(first_reduced, n - 1))),
         param_over_c=b[-1].param,
-        train_steps=steps, moments=moments, y=output_kernel(p.y, [], every_stat),
+        train_steps=steps, moments=power_sums, y=output_kernel(p.y, [], every_stat),
         y_eval=output_kernel(p.y, [], p.eval_stats),
         sums=kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums]) if p.sums else None,
         dx=dx, param_from_sums=param_from_sums,
         eval_dx=output_kernel(p.eval_dx, [e for _, e in p.eval_param_sums], p.eval_stats),
     )
-
-
-_SH = sympy.Symbol("s", real=True)  # a per-set shift: the set's first value
-
-
-def _moments(p: Plan, code) -> dict | None:
-    """One pass for every statistic, where each reduction sums a polynomial in x: the pass adds up the powers of
-    d = x - s, s the first value of the set (of the column, in column layouts), and each reduction follows from
-    those sums (the mean is s + sum(d)/M, the variance sum(d**2)/M - (sum(d)/M)**2). With s a value of the set, the
-    cancellation in that difference is (x_first - mean)**2 / variance: a few bits, not the mean's magnitude. None
-    when there is one reduction (it is one pass already) or a summand is not a polynomial in x (mean absolute
-    deviation): then each reduction takes its own pass. *code* prints a SymPy expression for the backend."""
-    powers = []
-    for step in p.train_steps:
-        if step.reduce:
-            try:
-                poly = sympy.Poly(sympy.expand(step.expr.xreplace({X: XS + _SH})), XS)
-            except sympy.PolynomialError:
-                return None
-            powers.append(poly)
-    if len(powers) < 2:
-        return None
-    degree = max(poly.degree() for poly in powers)
-    sums = [sympy.Symbol(f"p{k}", real=True) for k in range(1, degree + 1)]
-    totals = iter(powers)
-    steps = []
-    for step in p.train_steps:
-        if step.reduce:
-            # coefficients stay factored in (mean - s): expanded, M*(mu**2 - 2*mu*s + s**2) would cancel digits
-            total = sum((sympy.factor(c) * (M if k == 0 else sums[k - 1]) for (k,), c in next(totals).terms()),
-                        sympy.Integer(0))
-            steps.append((step.symbol.name, f"({code(total)}) / ({code(step.denominator)})"))
-        else:
-            steps.append((step.symbol.name, code(step.expr)))
-    return dict(degree=degree, steps=steps, powers=["*".join(["d"] * k) for k in range(1, degree + 1)])
 
 
 def _flat(indices: list[int]) -> str:

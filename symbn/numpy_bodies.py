@@ -1,7 +1,8 @@
 """Function bodies of the NumPy backend. Every pass over the input runs in chunks of rows of the first block, so
 temporaries stay in cache instead of making whole-array round trips to memory. When the first block is kept, a chunk
 holds whole statistics and every pass of a forward or backward runs while the chunk is in cache; when it is reduced,
-statistics span chunks and each reduction is a pass of its own. Elementwise work: symbn.elementwise."""
+statistics span chunks, and the statistics of the forward take one pass (symbn.reductions). Elementwise work:
+symbn.elementwise."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sympy
 from .elementwise import SHIFT, Elementwise
 from .lower import Plan
 from .printers import numpy_code
+from .reductions import moments, split_sums
 from .symbols import BETA, DY, GAMMA, X
 
 
@@ -50,7 +52,8 @@ class _NumpyBodies:
 
     def context(self) -> dict:
         p = self.p
-        return dict(whole=self.whole, forward=self.forward(),
+        forward = self.forward()
+        return dict(whole=self.whole, forward=forward, first="x0 = _first(xb)" in forward,
                     forward_eval=self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats),
                     backward=self.backward(p.sums, p.dx, p.param_sums, p.saved),
                     backward_eval=self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats))
@@ -80,6 +83,9 @@ class _NumpyBodies:
             loop.body.append(f"y[sl] = {loop.statements([self.output(p.y, shifted, loop)], shifted)[0]}")
             loop.body += [f"{s}[sl] = {s}_c" for s in outs]
             return [f"{s} = _stat(xb)" for s in outs] + loop.lines()
+        power_sums = moments(p, self.code)
+        if power_sums:
+            return self.forward_moments(power_sums)
         out, shifted = [], False
         for s in p.train_steps:
             name = s.symbol.name
@@ -95,6 +101,20 @@ class _NumpyBodies:
                 out.append(f"shift = _cast({name}, xb)")
                 shifted = True
         return out + self.map_pass("y", p.y, [], shifted)
+
+    def forward_moments(self, power_sums: dict) -> list[str]:
+        """Statistics spanning the chunks, from one pass of power sums of d = x - x0 (symbn.reductions.moments);
+        d is formed in the input's dtype, where it is exact or nearly so (x0 is a value of the set), and summed in
+        float64."""
+        red = "axis=_RED, dtype=np.float64, keepdims=True"
+        names = [f"p{k}" for k in range(1, power_sums["degree"] + 1)]
+        loop = self.loop([X], shifted=False)
+        loop.body.append("d = xc - x0c")
+        loop.body += [f"{n} += np.sum({power}, {red})" for n, power in zip(names, power_sums["powers"])]
+        out = ["x0 = _first(xb)", "x0c = _cast(x0, xb)"] + [f"{n} = _stat(xb)" for n in names] + loop.lines()
+        out += [f"{name} = {code}" for name, code in power_sums["steps"]]
+        shifted = self.mean is not None
+        return out + self.shift([self.mean] if shifted else []) + self.map_pass("y", self.p.y, [], shifted)
 
     def map_pass(self, out: str, expr, param_sums, shifted: bool) -> list[str]:
         """One pass writing an elementwise output (and adding up parameter gradients)."""
@@ -119,13 +139,17 @@ class _NumpyBodies:
             loop.body.append(f"dx[sl] = {loop.statements([self.output(dx, shifted, loop)], shifted)[0]}")
             return head + self.param_accumulators(param_sums) + loop.lines()
         aliases, param_sums = self.sums_taken_anyway(sums, param_sums)
-        exprs = [e for _, e in sums] + [e for _, e in param_sums]
+        # the sums as statistics' coefficients times sums of monomials: the pass forms dy*xs, not xhat
+        split = split_sums(self.ew, [e for _, e in sums], shifted)
+        summed = [(sympy.Symbol(f"q{j}"), m) for j, m in enumerate(split[0])] if split else sums
+        exprs = [e for _, e in summed] + [e for _, e in param_sums]
         loop = self.loop(exprs, shifted)
         codes = loop.statements(exprs, shifted)
-        loop.body += [f"{s.name} += np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
-        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
-        out = head + [f"{s.name} = _stat(xb)" for s, _ in sums] + self.param_accumulators(param_sums)
-        return out + loop.lines() + aliases + self.map_pass("dx", dx, [], shifted)
+        loop.body += [f"{s.name} += np.sum({c}, {red})" for (s, _), c in zip(summed, codes)]
+        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(summed):])]
+        out = head + [f"{s.name} = _stat(xb)" for s, _ in summed] + self.param_accumulators(param_sums)
+        combined = [f"{s.name} = {self.code(total)}" for (s, _), total in zip(sums, split[1])] if split else []
+        return out + loop.lines() + combined + aliases + self.map_pass("dx", dx, [], shifted)
 
     def sums_taken_anyway(self, sums, param_sums):
         """Parameter gradients that equal a statistic's sum: the same summand over the same elements, when the
