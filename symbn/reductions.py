@@ -58,9 +58,12 @@ def split_sums(ew: Elementwise, summands, shifted: bool) -> tuple[list, list] | 
     for e in summands:
         e = sympy.expand(e.xreplace(ew.coordinates).xreplace(sub))
         present = [g for g in gens if g in e.free_symbols]
+        if not present:  # fixed over the set: its sum is the count times it
+            totals.append(ew.tidy(e) * M)
+            continue
         try:
             poly = sympy.Poly(e, *present)
-        except (sympy.PolynomialError, sympy.GeneratorsNeeded):
+        except sympy.PolynomialError:
             return None
         total = sympy.Integer(0)
         for exps, c in poly.terms():
