@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 from pathlib import Path
@@ -61,14 +62,21 @@ def input_digest(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> 
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-_GENERATOR = ("spec", "expr", "graph", "symbols", "derive", "lower", "printers", "report", "elementwise",
-              "numpy_bodies", "generate", "render")
-
-
 @functools.cache
 def _generator_source() -> str:
+    """The text of this module and of every package module it imports, directly or not (read from the import
+    statements, so a new module joins without anyone keeping a list)."""
     package = Path(__file__).resolve().parent
-    return "".join((package / f"{name}.py").read_text() for name in _GENERATOR)
+    seen, todo = set(), ["generate"]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (package / f"{name}.py").exists():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo += [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+    return "".join((package / f"{name}.py").read_text() for name in sorted(seen))
 
 
 def content_hash(text_: str) -> str:

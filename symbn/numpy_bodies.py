@@ -141,7 +141,7 @@ class _NumpyBodies:
         aliases, param_sums = self.sums_taken_anyway(sums, param_sums)
         # the sums as statistics' coefficients times sums of monomials: the pass forms dy*xs, not xhat
         split = split_sums(self.ew, [e for _, e in sums], shifted)
-        summed = [(sympy.Symbol(f"q{j}"), m) for j, m in enumerate(split[0])] if split else sums
+        summed = split[0] if split else sums
         exprs = [e for _, e in summed] + [e for _, e in param_sums]
         loop = self.loop(exprs, shifted)
         codes = loop.statements(exprs, shifted)

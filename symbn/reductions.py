@@ -48,31 +48,26 @@ def moments(p: Plan, code) -> dict | None:
 
 def split_sums(ew: Elementwise, summands, shifted: bool) -> tuple[list, list] | None:
     """Each summand as a sum of coefficients fixed per statistic times monomials in the elementwise inputs:
-    sum(dy*xhat) = istd*(sum(dy*xs) - (mu - shift)*sum(dy)). Returns (the distinct monomials, each sum as a
-    combination of q0, q1, ..., the sums of those monomials over the set), or None when a summand is not a
-    polynomial in the inputs or the split would take more sums than the summands themselves."""
+    sum(dy*xhat) = istd*(sum(dy*xs) - (mu - shift)*sum(dy)). Returns ((q0, monomial), (q1, monomial), ...: each
+    distinct monomial and the name of its sum over the set; each summand's sum in terms of those names), or None
+    when a summand is not a polynomial in the inputs or the split would take more sums than the summands."""
     gens = [XS, X, DY] + ([GAMMA, BETA] if ew.param_class == "param" else [])
     sub = {X: XS + SHIFT} if shifted else {}
-    monomials: list = []
+    names: dict = {}  # monomial -> the name of its sum
     totals = []
     for e in summands:
         e = sympy.expand(e.xreplace(ew.coordinates).xreplace(sub))
         present = [g for g in gens if g in e.free_symbols]
-        if not present:  # fixed over the set: its sum is the count times it
-            totals.append(ew.tidy(e) * M)
-            continue
         try:
-            poly = sympy.Poly(e, *present)
+            terms = sympy.Poly(e, *present).terms() if present else [((), e)]
         except sympy.PolynomialError:
             return None
         total = sympy.Integer(0)
-        for exps, c in poly.terms():
+        for exps, c in terms:
             m = sympy.Mul(*(g**k for g, k in zip(present, exps)))
-            if m == 1:  # a constant summand sums to the count
+            if m == 1:  # fixed over the set: it sums to the count times it
                 total += ew.tidy(c) * M
                 continue
-            if m not in monomials:
-                monomials.append(m)
-            total += ew.tidy(c) * sympy.Symbol(f"q{monomials.index(m)}", real=True)
+            total += ew.tidy(c) * names.setdefault(m, sympy.Symbol(f"q{len(names)}", real=True))
         totals.append(total)
-    return (monomials, totals) if len(monomials) <= len(summands) else None
+    return ([(q, m) for m, q in names.items()], totals) if len(names) <= len(summands) else None

@@ -34,6 +34,18 @@ def test_generated_folder_is_fresh():
     assert not diffs, "generated/ is stale; run `symbn generate --catalog`:\n" + "".join(diffs)[:4000]
 
 
+def test_the_input_hash_covers_every_module_the_generator_imports():
+    """symbn.reductions (imported by generate) was once missing from a hand-kept list, so a change to it left
+    generated/ looking fresh and let symbn.load reuse stale cached modules."""
+    from symbn.generate import _generator_source
+
+    source = _generator_source()
+    package = Path(__file__).resolve().parents[1] / "symbn"
+    for name in ("generate", "reductions", "expr", "numpy_bodies", "elementwise", "derive"):
+        assert (package / f"{name}.py").read_text() in source, name
+    assert (package / "bench.py").read_text() not in source  # not a generator module: editing it changes no hash
+
+
 def test_generation_is_deterministic_across_hash_seeds():
     script = ("from symbn import catalog; from symbn.generate import module_text; "
               "import sys; sys.stdout.write(''.join(module_text(s, b) for s in catalog.CATALOG[5:8] "

@@ -41,8 +41,7 @@ def test_split_sums_add_up_to_the_sums(spec, shifted):
     values = _values(free | ({SHIFT} if shifted else set()), rng, n)
     if shifted:
         values[XS] = values[X] - values[SHIFT]
-    q = {sympy.Symbol(f"q{j}", real=True): np.sum(sympy.lambdify(list(values), m)(*values.values()) * np.ones(n))
-         for j, m in enumerate(monomials)}
+    q = {name: np.sum(sympy.lambdify(list(values), m)(*values.values()) * np.ones(n)) for name, m in monomials}
     for e, total in zip(summands, totals):
         direct = np.sum(sympy.lambdify(list(values), e)(*values.values()) * np.ones(n))
         combined = float(total.subs({M: n, **q}).subs({k: v for k, v in values.items() if np.ndim(v) == 0}))
