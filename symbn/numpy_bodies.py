@@ -130,12 +130,22 @@ class _NumpyBodies:
         shifted, head = self.mean in given, self.shift(given)
         if not sums:
             return head + self.map_pass("dx", dx, param_sums, shifted)
-        exprs = [e for _, e in sums] + [e for _, e in param_sums]
         if self.whole:
-            loop = self.loop(exprs + [dx], shifted, computed={s for s, _ in sums})
+            # parameters fixed over each statistic's set (instance norm): a gradient whose summand a statistic's
+            # sum shares is the sum of those per-set sums, not another pass over the chunk
+            stat = {e: s for s, e in sums} if self.ew.param_class == "stat" else {}
+            rest = [(s, e) for s, e in param_sums if e not in stat]
+            # when nothing else needs xhat, the sums come from sums of monomials (dy, dy*xs), as below
+            split = None if rest else split_sums(self.ew, [e for _, e in sums], shifted)
+            summed = split[0] if split else [(sympy.Symbol(f"{s.name}_c"), e) for s, e in sums]
+            exprs = [e for _, e in summed] + [e for _, e in rest]
+            loop = self.loop(exprs + [dx] + (split[1] if split else []), shifted, computed={s for s, _ in sums})
             codes = loop.statements(exprs, shifted)
-            loop.body += [f"{s.name}_c = np.sum({c}, {red})" for (s, _), c in zip(sums, codes)]
-            loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(sums):])]
+            loop.body += [f"{s.name} = np.sum({c}, {red})" for (s, _), c in zip(summed, codes)]
+            if split:
+                loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split[1])]
+            loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
+            loop.body += [self.param_add(s, f"{stat[e].name}_c") for s, e in param_sums if e in stat]
             loop.body.append(f"dx[sl] = {loop.statements([self.output(dx, shifted, loop)], shifted)[0]}")
             return head + self.param_accumulators(param_sums) + loop.lines()
         aliases, param_sums = self.sums_taken_anyway(sums, param_sums)
