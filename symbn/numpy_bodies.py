@@ -131,10 +131,7 @@ class _NumpyBodies:
         if not sums:
             return head + self.map_pass("dx", dx, param_sums, shifted)
         if self.whole:
-            # parameters fixed over each statistic's set (instance norm): a gradient whose summand a statistic's
-            # sum shares is the sum of those per-set sums, not another pass over the chunk
-            stat = {e: s for s, e in sums} if self.ew.param_class == "stat" else {}
-            rest = [(s, e) for s, e in param_sums if e not in stat]
+            taken, rest = self.taken_from_stats(sums, param_sums)
             # when nothing else needs xhat, the sums come from sums of monomials (dy, dy*xs), as below
             split = None if rest else split_sums(self.ew, [e for _, e in sums], shifted)
             summed = split[0] if split else [(sympy.Symbol(f"{s.name}_c"), e) for s, e in sums]
@@ -145,10 +142,10 @@ class _NumpyBodies:
             if split:
                 loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split[1])]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
-            loop.body += [self.param_add(s, f"{stat[e].name}_c") for s, e in param_sums if e in stat]
+            loop.body += [self.param_add(s, f"{st.name}_c") for s, st in taken]
             loop.body.append(f"dx[sl] = {loop.statements([self.output(dx, shifted, loop)], shifted)[0]}")
             return head + self.param_accumulators(param_sums) + loop.lines()
-        aliases, param_sums = self.sums_taken_anyway(sums, param_sums)
+        taken, param_sums = self.taken_from_stats(sums, param_sums)
         # the sums as statistics' coefficients times sums of monomials: the pass forms dy*xs, not xhat
         split = split_sums(self.ew, [e for _, e in sums], shifted)
         summed = split[0] if split else sums
@@ -159,17 +156,16 @@ class _NumpyBodies:
         loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(summed):])]
         out = head + [f"{s.name} = _stat(xb)" for s, _ in summed] + self.param_accumulators(param_sums)
         combined = [f"{s.name} = {self.code(total)}" for (s, _), total in zip(sums, split[1])] if split else []
-        return out + loop.lines() + combined + aliases + self.map_pass("dx", dx, [], shifted)
+        combined += [f"{s.name} = np.sum({st.name}, axis=_NONPARAM)" for s, st in taken]
+        return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted)
 
-    def sums_taken_anyway(self, sums, param_sums):
-        """Parameter gradients that equal a statistic's sum: the same summand over the same elements, when the
-        parameters span exactly the blocks the statistics keep (batch norm: dbeta = sum(dy), dgamma =
-        sum(dy*xhat)). Returns the lines that take them from those sums, and the parameter sums left to do."""
-        if any(b.reduced == b.param for b in self.p.blocks):
-            return [], param_sums
-        stat = {e: s for s, e in sums}
-        return ([f"{s.name} = {stat[e].name}.reshape(-1)" for s, e in param_sums if e in stat],
-                [(s, e) for s, e in param_sums if e not in stat])
+    def taken_from_stats(self, sums, param_sums):
+        """Parameter gradients whose summand a statistic's sum shares, where the parameters are fixed over each
+        statistic's set (batch, instance norm): the gradient is those sums added up over the blocks the parameters
+        do not span (dbeta from sum(dy), dgamma from sum(dy*xhat)), not another pass over the data. Returns them as
+        (gradient, statistic) pairs, and the parameter sums left to do."""
+        stat = {e: s for s, e in sums} if self.ew.param_class == "stat" else {}
+        return [(s, stat[e]) for s, e in param_sums if e in stat], [(s, e) for s, e in param_sums if e not in stat]
 
     def param_accumulators(self, param_sums) -> list[str]:
         return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
