@@ -85,17 +85,18 @@ class Elementwise:
         return used | ({X} if XS in used else set())
 
     def output(self, e: sympy.Expr, shifted: bool, coefficient: Coefficient) -> sympy.Expr:
-        """An elementwise output, where it is affine in xs and dy, as sums of coefficient * (xs, dy or 1) grouped by
-        parameter factor: batch norm y = k0*xs + k1; layer norm y = k0*(k1*xs + k2) + k3 with k0 = gamma, k3 = beta.
-        Each element then costs a multiply-add or two, and no sum adds a coefficient to xs (fast-math would
-        reassociate x - shift + k into x + (k - shift) and lose what the shift gained)."""
+        """An elementwise expression, where it is affine in each of xs and dy, as sums of coefficient * (a product of
+        xs, dy or 1) grouped by parameter factor: batch norm y = k0*xs + k1; layer norm y = k0*(k1*xs + k2) + k3
+        with k0 = gamma, k3 = beta; the summand of dgamma dy*xhat = k0*dy*xs + k1*dy. Each element then costs a
+        multiply-add or two, and no sum adds a coefficient to xs (fast-math would reassociate x - shift + k into
+        x + (k - shift) and lose what the shift gained)."""
         e = e.xreplace(self.coordinates).xreplace({X: XS + SHIFT} if shifted else {})
         elems = [s for s in (XS, X, DY) if s in e.free_symbols]
         try:
             poly = sympy.Poly(sympy.expand(e), *elems)
         except sympy.PolynomialError:
             return e
-        if poly.total_degree() > 1:
+        if any(poly.degree(s) > 1 for s in elems):
             return e
         params = {GAMMA, BETA} if self.param_class == "param" else set()
         groups: dict = {}  # parameter factor -> monomial -> statistic factor

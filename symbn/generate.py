@@ -14,7 +14,7 @@ from .derive import DX, derive
 from .lower import Plan, plan
 from .elementwise import XS, Elementwise
 from .numpy_bodies import numpy_statements, train_out
-from .reductions import moments
+from .reductions import moments, split_sums
 from .printers import cse, numpy_code, scalar_code, text
 from .render import render, template_source
 from .report import axis_names, describe_spec, set_size_text
@@ -186,23 +186,27 @@ class _Scalar:
                 [self.code(e) for e in reduced_exprs])
 
 
-class _NumbaOutput:
-    """One output loop of a Numba kernel (y, dx) in the input's dtype: x shifted by its mean, coefficients hoisted
-    (symbn.elementwise). Statistic loops (prange over statistics): coefficients fixed per statistic are computed
-    once per statistic, parameter ones are arrays the wrapper computes. Column loops: every coefficient is an (O, C)
-    array the wrapper computes, read like a statistic. The output's form (multiply-adds, no coefficient added to
-    xs) leaves fast-math nothing to reassociate that would undo the shift."""
+class _NumbaPass:
+    """The elementwise work of one loop of a Numba kernel, in the input's dtype: outputs (y, dx), the monomials whose
+    sums give the backward's sums (dy, dy*xs), summands of parameter gradients (dy*xhat); x shifted by its mean,
+    coefficients hoisted (symbn.elementwise). Statistic loops (prange over statistics): coefficients fixed per
+    statistic are computed once per statistic, parameter ones are arrays the wrapper computes. Column loops: every
+    coefficient is an (O, C) array the wrapper computes, read like a statistic. The form (multiply-adds, no
+    coefficient added to xs) leaves fast-math nothing to reassociate that would undo the shift. Two passes of one
+    kernel name their coefficients apart (*prefix*) and share the parameter arrays (*params*: expression -> name)."""
 
-    def __init__(self, p: Plan, sc: _Scalar, expr: sympy.Expr, shifted: bool, column: bool, array: str):
-        self.sc, self.column, self.array = sc, column, array
+    def __init__(self, p: Plan, sc: _Scalar, exprs: list[sympy.Expr], shifted: bool, column: bool, array: str,
+                 prefix: str = "k", params: dict | None = None):
+        self.sc, self.column, self.array, self.prefix = sc, column, array, prefix
+        self.params = {} if params is None else params
         self.ew = Elementwise(p)
         self.wrapper: list[tuple[str, str]] = []  # (name, NumPy code) computed by the wrapper, passed in
         self.elem_lines: list[str] = []
         self.known: dict = {}
         self.stat_defs: list[tuple[sympy.Symbol, sympy.Expr]] = []  # once per statistic
-        expr = self.ew.output(expr.xreplace(self.ew.coordinates), shifted, self.coefficient)
-        shared, (final,) = self.ew.lowered([expr], self.coefficient, shifted)
-        used = self.ew.used([final] + [v for _, v in shared])
+        exprs = [self.ew.output(e.xreplace(self.ew.coordinates), shifted, self.coefficient) for e in exprs]
+        shared, finals = self.ew.lowered(exprs, self.coefficient, shifted)
+        used = self.ew.used(list(finals) + [v for _, v in shared])
         head = [f"xv = {sc.arrays[0]}[{sc.elem}]"] if X in used else []
         head += [f"dyv = {sc.arrays[1]}[{sc.elem}]"] if DY in used else []
         if XS in used:
@@ -213,7 +217,7 @@ class _NumbaOutput:
                 self.stat_defs.insert(0, (sympy.Symbol("shift"), self.ew.mean))
             head.append("xs = xv - shift")
         self.loads = head + self.elem_lines + [f"{t} = {sc.code(v)}" for t, v in shared]
-        self.code = sc.code(final)
+        self.codes = [sc.code(e) for e in finals]
         exprs = [v for _, v in self.stat_defs]
         loads = [line for symbol, line in ((GAMMA, f"gv = gamma[{sc.param}]"), (BETA, f"bv = beta[{sc.param}]"))
                  if any(symbol in e.free_symbols for e in exprs)]
@@ -226,19 +230,24 @@ class _NumbaOutput:
 
     def context(self) -> dict:
         return dict(stat_lines=self.stat_lines, wrapper=self.wrapper, arrays=self.arrays, loads=self.loads,
-                    code=self.code)
+                    code=self.codes[0], codes=self.codes)
 
     def coefficient(self, e: sympy.Expr) -> sympy.Symbol:
         if e in self.known:
             return self.known[e]
-        k = self.known[e] = sympy.Symbol(f"k{len(self.known)}", real=True)
         klass = self.ew.klass(e)
+        if klass == "param" and not self.column and e in self.params:  # an array an earlier pass has passed in
+            k = self.known[e] = self.params[e]
+            self.elem_lines.append(f"{k} = p_{k}[{self.sc.param}]")
+            return k
+        k = self.known[e] = sympy.Symbol(f"{self.prefix}{len(self.known)}", real=True)
         if self.column:
             self.wrapper.append((str(k), f"np.broadcast_to(_cast({numpy_code(e, {})}, {self.array}), (O, C))"))
             self.elem_lines.append(f"{k} = a_{k}[o, c]")
         elif klass == "stat":
             self.stat_defs.append((k, e))
         elif klass == "param":
+            self.params[e] = k
             self.wrapper.append((f"p_{k}", f"_cast({numpy_code(e, {})}, {self.array})"))
             self.elem_lines.append(f"{k} = p_{k}[{self.sc.param}]")
         else:  # varies with both statistic and parameter: computed per element
@@ -259,20 +268,31 @@ def _numba_statements(p: Plan) -> dict:
     mean = Elementwise(p).mean
     first_elem = ", ".join("0" if blocks[i].reduced else f"i{i}" for i in all_)
 
-    def output(expr, given):
-        return _NumbaOutput(p, sc, expr, mean is not None and mean in given, False, "xb").context()
+    def elementwise(exprs, given, prefix="k", params=None):
+        shifted = mean is not None and mean in given
+        return _NumbaPass(p, sc, list(exprs), shifted, False, "xb", prefix, params).context()
 
-    # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared across.
     # When each statistic's elements share one parameter, dgamma/dbeta are sums over the same set as the named
-    # reductions (batch norm: dbeta = sum(dy), dgamma = sum(dy*xhat)): accumulate them in the first loop, where CSE
-    # computes each shared summand once.
+    # reductions (batch norm: dbeta = sum(dy), dgamma = sum(dy*xhat)): they are taken in the sums loop.
     param_per_stat = set(param) <= set(kept)
-    first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if param_per_stat else [])
-    sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
-    dx_sums = [] if param_per_stat else [e for _, e in p.param_sums]
-    dx_loads, dx_codes = sc.with_cse(dx_sums) if dx_sums else ([], [])
-    eval_loads, eval_codes = sc.with_cse([e for _, e in p.eval_param_sums]) if p.eval_param_sums else ([], [])
+    split = _split(p, param_per_stat, mean is not None and mean in p.saved)
+    params: dict = {}  # the backward kernel's parameter arrays, shared by its two loops
+    if split:
+        # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per statistic in float64
+        monomials, totals, param_from = split
+        split = dict(names=[q.name for q, _ in monomials], totals=[(s.name, sc.code(t)) for (s, _), t in
+                                                                    zip(p.sums, totals)],
+                     param_from=[p.sums[i][0].name for i in param_from],
+                     **elementwise([m for _, m in monomials], p.saved, "ks", params))
+        sum_loads, sum_codes = [], []
+    else:
+        # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared.
+        first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if param_per_stat else [])
+        sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
+    dx = elementwise([p.dx] + ([] if param_per_stat else [e for _, e in p.param_sums]), p.saved, "k", params)
+    eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
+    column = _column_statements(p)
     return dict(
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
@@ -281,13 +301,29 @@ def _numba_statements(p: Plan) -> dict:
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
                      for s in p.train_steps],
-        y=output(p.y, every_stat), y_eval=output(p.y, p.eval_stats),
-        sums=list(zip([s.name for s, _ in p.sums], sum_codes)),
-        backward=dict(sum_loads=sum_loads, dx_loads=dx_loads), dx=output(p.dx, p.saved),
-        param_sums=sum_codes[len(p.sums):] if param_per_stat else dx_codes,
-        eval_backward=dict(loads=eval_loads), eval_dx=output(p.eval_dx, p.eval_stats), eval_param_sums=eval_codes,
-        column=_column_statements(p),
+        y=elementwise([p.y], every_stat), y_eval=elementwise([p.y], p.eval_stats),
+        sums=list(zip([s.name for s, _ in p.sums], sum_codes)), sum_loads=sum_loads, split=split, dx=dx,
+        param_count=len(p.param_sums), stat_param_codes=sum_codes[len(p.sums):],
+        eval_dx=eval_dx, backward_wrapper=(split["wrapper"] if split else []) + dx["wrapper"],
+        column=column,
+        # parameter gradients added up in the input's dtype over blocks of statistics first (dx_loop in the template)
+        param_buffers=column is None and len(dx["codes"]) > 1 and reduced[-1] in param,
     )
+
+
+def _split(p: Plan, param_per_stat: bool, shifted: bool):
+    """The backward's sums as sums of monomials (symbn.reductions.split_sums): (monomials, each sum's total, for
+    each parameter gradient the index of the sum it is), or None where they do not split, or where parameters are
+    fixed per statistic but a gradient is not one of the sums (then the sums loop adds it up itself)."""
+    split = split_sums(Elementwise(p), [e for _, e in p.sums], shifted) if p.sums else None
+    if split is None:
+        return None
+    summands = [e for _, e in p.sums]
+    if not param_per_stat:
+        return split + ([],)
+    if any(e not in summands for _, e in p.param_sums):
+        return None
+    return split + ([summands.index(e) for _, e in p.param_sums],)
 
 
 def _column_statements(p: Plan) -> dict | None:
@@ -313,10 +349,10 @@ def _column_statements(p: Plan) -> dict | None:
 
     def output_kernel(expr, sums, given):
         """An output in the input's dtype, with per-column float64 sums (parameter gradients) beside it."""
-        out = _NumbaOutput(p, sc, expr, mean is not None and mean in given, True, "x3")
+        out = _NumbaPass(p, sc, [expr], mean is not None and mean in given, True, "x3")
         loads, codes = sc.with_cse(list(sums)) if sums else ([], [])
         return dict(stats=sc.stats_in(list(sums)) + out.arrays, loads=list(dict.fromkeys(out.loads + loads)),
-                    codes=[out.code] + codes, wrapper=out.wrapper)
+                    codes=out.codes + codes, wrapper=out.wrapper)
 
     steps = []
     for s in p.train_steps:

@@ -90,6 +90,28 @@ def test_numpy_and_numba_agree(spec):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("spec", [s for s in catalog.CATALOG if s.preset in ("layer", "rms")], ids=lambda s: s.name)
+def test_parameter_gradients_over_many_statistics_per_chunk(spec):
+    """The Numba kernels add parameter gradients up in the input's dtype over blocks of 16 statistics per chunk, then
+    in float64; the small inputs elsewhere give each chunk one or two statistics. Here every chunk holds dozens (up
+    to 16 chunks, so 1000 rows give 62 or more each), in float64 against the NumPy backend and in float32 against
+    float64."""
+    a, b = module(spec, "numpy"), module(spec, "numba")
+    rng = np.random.default_rng(4)
+    shape = (1000,) + tuple(3 + i for i in range(spec.ndim - 1))
+    x, dy = rng.normal(1.0, 2.0, size=shape), rng.normal(size=shape)
+    data = {"x": x, "gamma": rng.normal(size=[shape[i] for i in a.PARAM_AXES])}
+    data["beta"] = rng.normal(size=data["gamma"].shape)
+    params = params_of(a, data)
+    grads = [m.backward(dy, x, data["gamma"], *m.forward_train(x, *params)[1:]) for m in (a, b)]
+    for u, v in zip(*grads, strict=True):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    grads32 = b.backward(dy32, x32, data["gamma"], *b.forward_train(x32, *params)[1:])
+    for u, v in zip(grads[0][1:], grads32[1:], strict=True):
+        np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-5 * np.max(np.abs(u)))
+
+
 @pytest.mark.parametrize("spec, backend", ENTRIES, ids=IDS)
 def test_eval_mode_backward_matches_central_differences(spec, backend):
     m = module(spec, backend)
