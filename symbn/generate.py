@@ -341,18 +341,17 @@ def _column_statements(p: Plan) -> dict | None:
         return None
     sc = _Scalar(p, "o, r, c", "c" if b[-1].param else "0", stat="o, c", arrays=("x3", "dy3"))
 
-    def kernel(exprs, extra=()):
+    def kernel(exprs):
         loads, codes = sc.with_cse(list(exprs))
-        return dict(stats=sc.stats_in(list(exprs)), loads=loads, codes=codes)
+        return dict(stats=sc.stats_in(list(exprs)), loads=loads, codes=codes, wrapper=[])
 
     mean = Elementwise(p).mean
 
-    def output_kernel(expr, sums, given):
-        """An output in the input's dtype, with per-column float64 sums (parameter gradients) beside it."""
-        out = _NumbaPass(p, sc, [expr], mean is not None and mean in given, True, "x3")
-        loads, codes = sc.with_cse(list(sums)) if sums else ([], [])
-        return dict(stats=sc.stats_in(list(sums)) + out.arrays, loads=list(dict.fromkeys(out.loads + loads)),
-                    codes=out.codes + codes, wrapper=out.wrapper)
+    def elementwise(exprs, given, prefix="k"):
+        """Elementwise work in the input's dtype: an output and the summands of the sums beside it (parameter
+        gradients, added up in float64 per column), or the monomials of the backward's sums."""
+        out = _NumbaPass(p, sc, list(exprs), mean is not None and mean in given, True, "x3", prefix)
+        return dict(stats=out.arrays, loads=out.loads, codes=out.codes, wrapper=out.wrapper)
 
     steps = []
     for s in p.train_steps:
@@ -363,18 +362,25 @@ def _column_statements(p: Plan) -> dict | None:
         steps.append(step)
     power_sums = moments(p, lambda e: numpy_code(e, {}))
     # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
-    alias = [next((i for i, (_, se) in enumerate(p.sums) if se == pe), None) for _, pe in p.param_sums]
+    alias = [next((s.name for s, se in p.sums if se == pe), None) for _, pe in p.param_sums]
     param_from_sums = alias if p.param_sums and None not in alias else None
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
-    dx = output_kernel(p.dx, [] if param_from_sums is not None else [e for _, e in p.param_sums], p.saved)
+    split = split_sums(Elementwise(p), [e for _, e in p.sums], mean is not None and mean in p.saved) if p.sums else None
+    if split:  # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per column in float64
+        sums = elementwise([m for _, m in split[0]], p.saved, "ks") | dict(
+            names=[q.name for q, _ in split[0]],
+            totals=[(s.name, numpy_code(t, {})) for (s, _), t in zip(p.sums, split[1])])
+    else:
+        sums = kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums], totals=[]) if p.sums else None
+    dx = elementwise([p.dx] + ([] if param_from_sums is not None else [e for _, e in p.param_sums]), p.saved)
+    if sums:  # what the sums' wrapper computed (the shift) is not computed again
+        dx["wrapper"] = [w for w in dx["wrapper"] if w not in sums["wrapper"]]
     return dict(
         outer=repr(tuple(range(first_reduced))), reduced=repr(tuple(range(first_reduced, n - 1))),
         param_over_c=b[-1].param,
-        train_steps=steps, moments=power_sums, y=output_kernel(p.y, [], every_stat),
-        y_eval=output_kernel(p.y, [], p.eval_stats),
-        sums=kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums]) if p.sums else None,
-        dx=dx, param_from_sums=param_from_sums,
-        eval_dx=output_kernel(p.eval_dx, [e for _, e in p.eval_param_sums], p.eval_stats),
+        train_steps=steps, moments=power_sums, y=elementwise([p.y], every_stat),
+        y_eval=elementwise([p.y], p.eval_stats), sums=sums, dx=dx, param_from_sums=param_from_sums,
+        eval_dx=elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats),
     )
 
 

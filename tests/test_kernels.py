@@ -112,6 +112,25 @@ def test_parameter_gradients_over_many_statistics_per_chunk(spec):
         np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-5 * np.max(np.abs(u)))
 
 
+def test_column_kernels_with_many_columns_take_rows_in_fours():
+    """Column kernels (statistics along the contiguous axis) keep their float64 accumulators in arrays of their own
+    while those fit in L1 (C * sums <= 2048), else take rows in fours with a tail; the other tests' inputs are
+    narrow. 1100 columns, and 2 to 5 rows per chunk, take the second loop nest and its tail."""
+    spec = next(s for s in catalog.CATALOG if s.name == "batch_nc")
+    a, b = module(spec, "numpy"), module(spec, "numba")
+    rng = np.random.default_rng(6)
+    x, dy = rng.normal(3.0, 2.0, size=(37, 1100)), rng.normal(size=(37, 1100))
+    gamma, beta = rng.normal(size=1100), rng.normal(size=1100)
+    running = [rng.normal(size=1100), rng.uniform(0.5, 1.5, size=1100)]
+    outs = []
+    for m in (a, b):
+        y, *saved = m.forward_train(x, gamma, beta)
+        outs.append([y, *saved, *m.backward(dy, x, gamma, *saved), m.forward_eval(x, gamma, beta, *running),
+                     *m.backward_eval(dy, x, gamma, *running)])
+    for u, v in zip(*outs, strict=True):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("spec, backend", ENTRIES, ids=IDS)
 def test_eval_mode_backward_matches_central_differences(spec, backend):
     m = module(spec, backend)
