@@ -80,7 +80,7 @@ class _NumpyBodies:
                 if s.symbol == self.mean:  # the chunk holds the whole statistic: shift by it from here on
                     loop.body += [f"shift_c = _cast({s.symbol.name}_c, xb)", "xs = xc - shift_c"]
                     shifted = True
-            loop.body.append(f"y[sl] = {loop.statements([self.output(p.y, shifted, loop)], shifted)[0]}")
+            loop.statements([self.output(p.y, shifted, loop)], shifted, into="y[sl]")
             loop.body += [f"{s}[sl] = {s}_c" for s in outs]
             return [f"{s} = _stat(xb)" for s in outs] + loop.lines()
         power_sums = moments(p, self.code)
@@ -120,9 +120,8 @@ class _NumpyBodies:
         """One pass writing an elementwise output (and adding up parameter gradients)."""
         loop = self.loop([expr] + [e for _, e in param_sums], shifted)
         exprs = [self.output(expr, shifted, loop)] + [e for _, e in param_sums]
-        codes = loop.statements(exprs, shifted)
-        loop.body.append(f"{out}[sl] = {codes[0]}")
-        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[1:])]
+        codes = loop.statements(exprs, shifted, into=f"{out}[sl]")
+        loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes)]
         return self.param_accumulators(param_sums) + loop.lines()
 
     def backward(self, sums, dx, param_sums, given) -> list[str]:
@@ -143,7 +142,7 @@ class _NumpyBodies:
                 loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split[1])]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
             loop.body += [self.param_add(s, f"{st.name}_c") for s, st in taken]
-            loop.body.append(f"dx[sl] = {loop.statements([self.output(dx, shifted, loop)], shifted)[0]}")
+            loop.statements([self.output(dx, shifted, loop)], shifted, into="dx[sl]")
             return head + self.param_accumulators(param_sums) + loop.lines()
         taken, param_sums = self.taken_from_stats(sums, param_sums)
         # the sums as statistics' coefficients times sums of monomials: the pass forms dy*xs, not xhat
@@ -203,21 +202,53 @@ class _Loop:
             (self.body if inside else self.before).append(line)
         return self.known[e]
 
-    def statements(self, exprs, shifted: bool) -> list[str]:
-        """Add the coordinates and shared parts *exprs* need to the body; return their codes."""
+    def statements(self, exprs, shifted: bool, into: str | None = None) -> list[str]:
+        """Add the coordinates and shared parts *exprs* need to the body; return their codes. With *into* (an
+        output's rows, y[sl]), the first expression is written there by in-place ufuncs instead."""
         used = self.b.used(list(exprs))
         for c, e in self.b.p.coordinates:
             if c in used and c not in self.coordinates_done:
                 lines, (code,) = self.b.lowered([e], self, shifted)
                 self.body += lines + [f"{c} = {code}"]
                 self.coordinates_done.add(c)
-        lines, codes = self.b.lowered(list(exprs), self, shifted)
-        self.body += lines
-        return codes
+        shared, reduced = self.b.ew.lowered(list(exprs), self.coefficient, shifted)
+        self.body += [f"{s} = {self.b.code(v)}" for s, v in shared]
+        if into is not None:
+            self.body += [f"out_c = {into}"] + _in_place("out_c", reduced[0], self.b.code, self.b.ew.elementwise)
+            reduced = reduced[1:]
+        return [self.b.code(e) for e in reduced]
 
     def lines(self) -> list[str]:
         head = self.views + ([self.shift_line] if self.shift_line else [])
         return self.before + ["for sl in _chunks(xb):"] + _indent(head + self.body)
+
+
+def _in_place(dest: str, e: sympy.Expr, code, varies) -> list[str]:
+    """Lines that evaluate *e* into the array *dest* by in-place ufuncs: a sum adds its other terms into it, a
+    product multiplies by its other factors, so no temporary holds the result and none is copied into the output
+    (the operations are those of evaluating e; a sum's terms may be added in another order). *varies* tells
+    elementwise parts from coefficients; the costliest elementwise part goes in first, so the others, added or
+    multiplied in with a temporary each, are the cheap ones."""
+    if not isinstance(e, (sympy.Add, sympy.Mul)) or not any(varies(a) for a in e.args):
+        return [f"{dest}[...] = {code(e)}"]
+    first = max((a for a in e.args if varies(a)), key=sympy.count_ops)
+    rest = list(e.args)
+    rest.remove(first)
+    if isinstance(e, sympy.Mul):
+        if isinstance(first, (sympy.Add, sympy.Mul)):
+            return _in_place(dest, first, code, varies) + [f"{dest} *= {code(a)}" for a in rest]
+        return [f"np.multiply({code(first)}, {code(rest[0])}, out={dest})"] + [f"{dest} *= {code(a)}"
+                                                                                 for a in rest[1:]]
+
+    def add(a):
+        return f"{dest} -= {code(-a)}" if a.could_extract_minus_sign() else f"{dest} += {code(a)}"
+
+    if isinstance(first, (sympy.Add, sympy.Mul)):
+        return _in_place(dest, first, code, varies) + [add(a) for a in rest]
+    a, *others = rest
+    head = (f"np.subtract({code(first)}, {code(-a)}, out={dest})" if a.could_extract_minus_sign()
+            else f"np.add({code(first)}, {code(a)}, out={dest})")
+    return [head] + [add(b) for b in others]
 
 
 def train_out(p: Plan) -> list[str]:

@@ -79,8 +79,9 @@ def test_check_passes_a_good_module_and_fails_a_broken_one(tmp_path, capsys):
     assert "central differences dx" in out and "FAIL" not in out
     broken = tmp_path / "broken.py"
     text = (ROOT / "generated" / "batch_nc_numpy.py").read_text()
-    assert text.count("dx[sl] = ") == 2  # backward, then backward_eval
-    broken.write_text(text.replace("dx[sl] = ", "dx[sl] = 1.001*", 1))  # one term of the training dx off by 0.1%
+    assert text.count("out_c = dx[sl]") == 2  # backward, then backward_eval
+    first_term = text[text.index("out_c = dx[sl]"):].splitlines()[1].strip()  # np.multiply(dyc, k1, out=out_c)
+    broken.write_text(text.replace(first_term, first_term.replace("dyc", "1.001*dyc", 1), 1))  # a term off by 0.1%
     assert run("check", str(broken)) == 1
     assert "FAIL central differences dx" in capsys.readouterr().out
 
