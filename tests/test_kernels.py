@@ -93,12 +93,14 @@ def test_numpy_and_numba_agree(spec):
 @pytest.mark.parametrize("spec", [s for s in catalog.CATALOG if s.preset in ("layer", "rms")], ids=lambda s: s.name)
 def test_parameter_gradients_over_many_statistics_per_chunk(spec):
     """The Numba kernels add parameter gradients up in the input's dtype over blocks of 16 statistics per chunk, then
-    in float64; the small inputs elsewhere give each chunk one or two statistics. Here every chunk holds dozens (up
-    to 16 chunks, so 1000 rows give 62 or more each), in float64 against the NumPy backend and in float32 against
+    in float64; the small inputs elsewhere give each chunk one or two statistics. Here every chunk holds 40 or more
+    (the kernels make up to 8 chunks per thread), in float64 against the NumPy backend and in float32 against
     float64."""
+    import numba
+
     a, b = module(spec, "numpy"), module(spec, "numba")
     rng = np.random.default_rng(4)
-    shape = (1000,) + tuple(3 + i for i in range(spec.ndim - 1))
+    shape = (40 * 8 * numba.get_num_threads() + 7,) + tuple(3 + i for i in range(spec.ndim - 1))
     x, dy = rng.normal(1.0, 2.0, size=shape), rng.normal(size=shape)
     data = {"x": x, "gamma": rng.normal(size=[shape[i] for i in a.PARAM_AXES])}
     data["beta"] = rng.normal(size=data["gamma"].shape)
@@ -115,11 +117,15 @@ def test_parameter_gradients_over_many_statistics_per_chunk(spec):
 def test_column_kernels_with_many_columns_take_rows_in_fours():
     """Column kernels (statistics along the contiguous axis) keep their float64 accumulators in arrays of their own
     while those fit in L1 (C * sums <= 2048), else take rows in fours with a tail; the other tests' inputs are
-    narrow. 1100 columns, and 2 to 5 rows per chunk, take the second loop nest and its tail."""
+    narrow. 1100 columns, and 5 or 6 rows per chunk (the kernels make 4 chunks per thread), take the second loop
+    nest and its tail."""
+    import numba
+
     spec = next(s for s in catalog.CATALOG if s.name == "batch_nc")
     a, b = module(spec, "numpy"), module(spec, "numba")
     rng = np.random.default_rng(6)
-    x, dy = rng.normal(3.0, 2.0, size=(37, 1100)), rng.normal(size=(37, 1100))
+    shape = (20 * numba.get_num_threads() + 3, 1100)
+    x, dy = rng.normal(3.0, 2.0, size=shape), rng.normal(size=shape)
     gamma, beta = rng.normal(size=1100), rng.normal(size=1100)
     running = [rng.normal(size=1100), rng.uniform(0.5, 1.5, size=1100)]
     outs = []
