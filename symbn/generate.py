@@ -14,7 +14,7 @@ from .derive import DX, derive
 from .lower import Plan, plan
 from .elementwise import XS, Elementwise
 from .numpy_bodies import numpy_statements, train_out
-from .reductions import moments, split_sums
+from .reductions import gradient_sums, moments, split_sums
 from .printers import cse, numpy_code, scalar_code, text
 from .render import render, template_source
 from .report import axis_names, describe_spec, set_size_text
@@ -275,7 +275,7 @@ def _numba_statements(p: Plan) -> dict:
     # When each statistic's elements share one parameter, dgamma/dbeta are sums over the same set as the named
     # reductions (batch norm: dbeta = sum(dy), dgamma = sum(dy*xhat)): they are taken in the sums loop.
     param_per_stat = set(param) <= set(kept)
-    split = _split(p, param_per_stat, mean is not None and mean in p.saved)
+    split = _split(p, mean is not None and mean in p.saved)
     params: dict = {}  # the backward kernel's parameter arrays, shared by its two loops
     if split:
         # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per statistic in float64
@@ -311,19 +311,16 @@ def _numba_statements(p: Plan) -> dict:
     )
 
 
-def _split(p: Plan, param_per_stat: bool, shifted: bool):
+def _split(p: Plan, shifted: bool):
     """The backward's sums as sums of monomials (symbn.reductions.split_sums): (monomials, each sum's total, for
     each parameter gradient the index of the sum it is), or None where they do not split, or where parameters are
     fixed per statistic but a gradient is not one of the sums (then the sums loop adds it up itself)."""
-    split = split_sums(Elementwise(p), [e for _, e in p.sums], shifted) if p.sums else None
-    if split is None:
+    ew = Elementwise(p)
+    split = split_sums(ew, [e for _, e in p.sums], shifted) if p.sums else None
+    index = gradient_sums(ew, p.sums, p.param_sums)
+    if split is None or (ew.param_class == "stat" and None in index):
         return None
-    summands = [e for _, e in p.sums]
-    if not param_per_stat:
-        return split + ([],)
-    if any(e not in summands for _, e in p.param_sums):
-        return None
-    return split + ([summands.index(e) for _, e in p.param_sums],)
+    return split + ([i for i in index if i is not None],)
 
 
 def _column_statements(p: Plan) -> dict | None:
@@ -362,8 +359,8 @@ def _column_statements(p: Plan) -> dict | None:
         steps.append(step)
     power_sums = moments(p, lambda e: numpy_code(e, {}))
     # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
-    alias = [next((s.name for s, se in p.sums if se == pe), None) for _, pe in p.param_sums]
-    param_from_sums = alias if p.param_sums and None not in alias else None
+    index = gradient_sums(Elementwise(p), p.sums, p.param_sums)
+    param_from_sums = [p.sums[i][0].name for i in index] if p.param_sums and None not in index else None
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
     split = split_sums(Elementwise(p), [e for _, e in p.sums], mean is not None and mean in p.saved) if p.sums else None
     if split:  # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per column in float64

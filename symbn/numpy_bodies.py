@@ -11,7 +11,7 @@ import sympy
 from .elementwise import SHIFT, Elementwise
 from .lower import Plan
 from .printers import numpy_code
-from .reductions import moments, split_sums
+from .reductions import gradient_sums, moments, split_sums
 from .symbols import BETA, DY, GAMMA, X
 
 
@@ -159,12 +159,11 @@ class _NumpyBodies:
         return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted)
 
     def taken_from_stats(self, sums, param_sums):
-        """Parameter gradients whose summand a statistic's sum shares, where the parameters are fixed over each
-        statistic's set (batch, instance norm): the gradient is those sums added up over the blocks the parameters
-        do not span (dbeta from sum(dy), dgamma from sum(dy*xhat)), not another pass over the data. Returns them as
+        """The parameter gradients that are statistics' sums added up (symbn.reductions.gradient_sums), as
         (gradient, statistic) pairs, and the parameter sums left to do."""
-        stat = {e: s for s, e in sums} if self.ew.param_class == "stat" else {}
-        return [(s, stat[e]) for s, e in param_sums if e in stat], [(s, e) for s, e in param_sums if e not in stat]
+        index = gradient_sums(self.ew, sums, param_sums)
+        return ([(s, sums[i][0]) for (s, _), i in zip(param_sums, index) if i is not None],
+                [(s, e) for (s, e), i in zip(param_sums, index) if i is None])
 
     def param_accumulators(self, param_sums) -> list[str]:
         return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]

@@ -71,3 +71,13 @@ def split_sums(ew: Elementwise, summands, shifted: bool) -> tuple[list, list] | 
             total += ew.tidy(c) * names.setdefault(m, sympy.Symbol(f"q{len(names)}", real=True))
         totals.append(total)
     return ([(q, m) for m, q in names.items()], totals) if len(names) <= len(summands) else None
+
+
+def gradient_sums(ew: Elementwise, sums, param_sums) -> list[int | None]:
+    """For each parameter gradient (dgamma, dbeta), the index of the backward's sum with its summand, where the
+    parameters are fixed over each statistic's set (batch, instance norm): the gradient is then that sum added up over
+    the blocks the parameters do not span (dbeta from sum(dy), dgamma from sum(dy*xhat)), not another pass over the
+    data. None for the others, and for all where parameters vary inside a set (layer norm)."""
+    summands = [e for _, e in sums]
+    fixed = ew.param_class == "stat"
+    return [summands.index(e) if fixed and e in summands else None for _, e in param_sums]
