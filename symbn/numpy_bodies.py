@@ -39,9 +39,10 @@ class _NumpyBodies:
     def output(self, e, shifted, loop):
         return self.ew.output(e, shifted, loop.coefficient)
 
-    def lowered(self, exprs, loop, shifted: bool) -> tuple[list[str], list[str]]:
+    def lowered(self, exprs, loop, shifted: bool) -> tuple[list[str], list[sympy.Expr]]:
+        """Lines for the shared elementwise parts of *exprs*, and the expressions left (symbn.elementwise)."""
         shared, reduced = self.ew.lowered(exprs, loop.coefficient, shifted)
-        return [f"{s} = {self.code(v)}" for s, v in shared], [self.code(e) for e in reduced]
+        return [f"{s} = {self.code(v)}" for s, v in shared], list(reduced)
 
     # --- one pass over the chunks ---------------------------------------------------------------------------
 
@@ -207,11 +208,11 @@ class _Loop:
         used = self.b.used(list(exprs))
         for c, e in self.b.p.coordinates:
             if c in used and c not in self.coordinates_done:
-                lines, (code,) = self.b.lowered([e], self, shifted)
-                self.body += lines + [f"{c} = {code}"]
+                lines, (value,) = self.b.lowered([e], self, shifted)
+                self.body += lines + [f"{c} = {self.b.code(value)}"]
                 self.coordinates_done.add(c)
-        shared, reduced = self.b.ew.lowered(list(exprs), self.coefficient, shifted)
-        self.body += [f"{s} = {self.b.code(v)}" for s, v in shared]
+        lines, reduced = self.b.lowered(list(exprs), self, shifted)
+        self.body += lines
         if into is not None:
             self.body += [f"out_c = {into}"] + _in_place("out_c", reduced[0], self.b.code, self.b.ew.elementwise)
             reduced = reduced[1:]
