@@ -13,6 +13,10 @@ CUSTOM = (
     ("rms_axes02", "gamma*x/sqrt(mean(x**2) + eps)", dict(axes=(0, 2), param_axes=(1,))),
     # Mean absolute deviation instead of the standard deviation: a non-polynomial statistic.
     ("mad", "gamma*(x - mean(x))/(mean(abs(x - mean(x))) + eps) + beta", dict(axes=(0,), param_axes=(1,))),
+    # Statistics over axes (0, 2) of a rank-4 input: the innermost axis is kept but is not the only axis kept, so
+    # the Numba kernels walk statistic by statistic rather than by column.
+    ("batch_axes02", "gamma*(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps) + beta",
+     dict(axes=(0, 2), param_axes=(1,), ndim=4)),
     # A softmax: no affine normalized coordinate, so the compact form stays in the primal x.
     ("softmax", "exp(x - mean(x))/sum(exp(x - mean(x)))", dict(axes=(1,), param_axes=())),
 )

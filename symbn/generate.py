@@ -297,8 +297,10 @@ def _numba_statements(p: Plan) -> dict:
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
         stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=param_per_stat,
-        # maps with nothing to reduce walk rows (every block but the innermost) and find each row's statistic
-        rows=dict(_space(all_[:-1], all_[-1:], "r"), stat=_flat(kept)),
+        # maps with nothing to reduce walk rows (every block but the innermost) and find each row's statistic; where
+        # the innermost block is kept a row would hold many statistics, so they walk statistic by statistic
+        rows=(dict(_space(all_[:-1], all_[-1:], "r"), stat=_flat(kept)) if blocks[-1].reduced
+              else dict(_space(kept, reduced, "r"), stat="r")),
         param_fixed_inner=reduced[-1] not in param, moments=moments(p, sc.code), first_elem=first_elem,
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
