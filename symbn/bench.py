@@ -29,7 +29,7 @@ import numpy as np
 
 from . import bandwidth
 from .checks import parameter_names
-from .generate import CONTENT_HASH
+from .generate import recorded_hash
 from .spec import CENTRED, LAYOUTS, PRESETS, RMS, Spec, preset
 
 PASSES = ("forward", "backward", "forward+backward", "inference")
@@ -324,9 +324,7 @@ def _provenance(module) -> dict | None:
     if module is None:
         return None
     path = Path(module.__file__)
-    with open(path) as f:
-        digest = next((line[len(CONTENT_HASH):].strip() for line in f.readlines()[:8]
-                       if line.startswith(CONTENT_HASH)), None)
+    digest = recorded_hash(path.read_text())
     return {"file": path.name, "from": "generated" if path.parent == GENERATED else "cache", "content_hash": digest}
 
 

@@ -7,12 +7,12 @@ three formats can never say different things.
 
 from __future__ import annotations
 
-import html
 import re
 
 import sympy
 from sympy.printing.latex import LatexPrinter
 
+from . import escape
 from .printers import latex_name
 
 LONG = 240  # characters of LaTeX beyond which a formula is split into lines where the format allows it
@@ -95,13 +95,12 @@ class Markdown(Writer):
     open emphasis, and TeX ignores the space), and no backslash before punctuation (\\, becomes \\thinspace)."""
 
     ext = "md"
-    _TEXT = re.compile(r"([\\`*_\[\]<>|#])")
 
     def text(self, s: str) -> str:
-        return self._TEXT.sub(r"\\\1", s)
+        return escape.markdown_text(s)
 
     def code(self, s: str) -> str:
-        return f"`{s}`"
+        return escape.markdown_code(s)
 
     @staticmethod
     def _safe(latex: str) -> str:
@@ -126,10 +125,10 @@ class Html(Writer):
     ext = "html"
 
     def text(self, s: str) -> str:
-        return html.escape(s, quote=False)
+        return escape.html_text(s)
 
     def code(self, s: str) -> str:
-        return f"<code>{html.escape(s, quote=False)}</code>"
+        return f"<code>{escape.html_text(s)}</code>"
 
     @staticmethod
     def _mathml(latex: str, display: str) -> str:
@@ -154,23 +153,20 @@ class Html(Writer):
         return '<div class="display long">' + "".join(rows) + "</div>"
 
     def link(self, label: str, href: str) -> str:
-        return f'<a href="{html.escape(href)}">{html.escape(label, quote=False)}</a>'
+        return f'<a href="{escape.html_attribute(href)}">{escape.html_text(label)}</a>'
 
     def verbatim(self, s: str) -> str:
-        return html.escape(s, quote=False)
+        return escape.html_text(s)
 
 
 class Tex(Writer):
     """A LaTeX article body; long display formulas are scaled to the line width rather than running off the page."""
 
     ext = "tex"
-    _SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
-                "%": r"\%", "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
     _LONG = 150  # characters of LaTeX source beyond which a display formula may be wider than the text
 
     def text(self, s: str) -> str:
-        return "".join(self._SPECIAL.get(c, c) for c in s)
+        return escape.tex_text(s)
 
     def code(self, s: str) -> str:
         return r"\texttt{" + self.text(s) + "}"

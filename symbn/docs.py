@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sympy
 
-from . import __version__, diagram
+from . import __version__, diagram, escape
 from .derive import (  # the derivation's own rules, so the text cannot disagree with it
     DBETA,
     DGAMMA,
@@ -378,7 +378,7 @@ def _kernel(modules: list[ModuleChecks], w: Writer) -> dict:
     numba = next(m for m in modules if m.backend == "numba")
     kernels, text = kernel_excerpt(numba.path.read_text())
     where = f"generated/{numba.path.name}" if numba.from_catalog else f"{numba.path.name} (symbn.load)"
-    return dict(code=w.verbatim(text), found=bool(kernels), entry=w.code(BACKWARD),
+    return dict(code=w.verbatim(text), fence=escape.markdown_fence(text), found=bool(kernels), entry=w.code(BACKWARD),
                 kernels=w.prose(_words([f"`{k}`" for k in kernels]) if kernels else "none"), where=w.code(where))
 
 
@@ -459,12 +459,13 @@ def stale(out_dir: Path, files: dict[str, str]) -> list[str]:
 
 
 def write(out_dir: Path, files: dict[str, str]) -> list[Path]:
-    from .output import write_atomic
+    from .output import check_targets, write_atomic
 
+    check_targets(out_dir / name for name in files)
     changed = []
     for name, text in sorted(files.items()):
         path = out_dir / name
-        if not path.exists() or path.read_text() != text:
+        if not path.is_file() or path.read_text(errors="replace") != text:
             write_atomic(path, text)
             changed.append(path)
     return changed

@@ -101,10 +101,9 @@ def measure(spec: Spec, generated: Path = GENERATED) -> list[ModuleChecks]:
 
 
 def recorded_hash(text: str) -> str:
-    from .generate import CONTENT_HASH
+    from .generate import recorded_hash
 
-    return next((line[len(CONTENT_HASH):].strip() for line in text.splitlines()[:8] if line.startswith(CONTENT_HASH)),
-                "none recorded")
+    return recorded_hash(text) or "none recorded"
 
 
 def kernel_excerpt(text: str, entry: str = BACKWARD) -> tuple[list[str], str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 
 from . import expr
@@ -60,7 +61,10 @@ class SpecError(ValueError):
     """An invalid normalization spec; the message names the field, the value given and what is allowed."""
 
     def __init__(self, field_name: str, given, expected: str):
-        super().__init__(f"{field_name}: got {given!r}; expected {expected}")
+        shown = repr(given)
+        if len(shown) > 80:
+            shown = f"{shown[:60]}... ({type(given).__name__}, {len(shown)} characters)"
+        super().__init__(f"{field_name}: got {shown}; expected {expected}")
         self.field = field_name
 
 
@@ -167,8 +171,12 @@ def _digest(text: str) -> str:
 def _validate(spec: Spec) -> None:
     tree = expr.parse(spec.expression)
     object.__setattr__(spec, "tree", tree)
-    if not isinstance(spec.ndim, int) or isinstance(spec.ndim, bool) or not 1 <= spec.ndim <= 8:
+    # The spec keeps the expression as rebuilt from the checked tree: the text the user typed (comments, spacing)
+    # goes no further than the parser.
+    object.__setattr__(spec, "expression", expr.canonical(tree))
+    if not _is_int(spec.ndim) or not 1 <= spec.ndim <= 8:
         raise SpecError("ndim", spec.ndim, "an integer from 1 to 8")
+    object.__setattr__(spec, "ndim", int(spec.ndim))
     reduce_axes = _axes("reduce_axes", spec.reduce_axes, spec.ndim)
     param_axes = _axes("param_axes", spec.param_axes, spec.ndim)
     if not reduce_axes:
@@ -176,13 +184,14 @@ def _validate(spec: Spec) -> None:
     object.__setattr__(spec, "reduce_axes", reduce_axes)
     object.__setattr__(spec, "param_axes", param_axes)
     if spec.groups is not None:
-        if not isinstance(spec.groups, int) or isinstance(spec.groups, bool) or spec.groups < 1:
+        if not _is_int(spec.groups) or spec.groups < 1:
             raise SpecError("groups", spec.groups, "a positive integer")
+        object.__setattr__(spec, "groups", int(spec.groups))
         if spec.channel_axis not in reduce_axes:
             raise SpecError("channel_axis", spec.channel_axis,
                             f"one of the reduced axes {reduce_axes}, to be split into {spec.groups} groups")
-    elif spec.channel_axis is not None and not 0 <= spec.channel_axis < spec.ndim:
-        raise SpecError("channel_axis", spec.channel_axis, f"an axis in [0, {spec.ndim})")
+    elif spec.channel_axis is not None and (not _is_int(spec.channel_axis) or not 0 <= spec.channel_axis < spec.ndim):
+        raise SpecError("channel_axis", spec.channel_axis, f"None or an axis in [0, {spec.ndim})")
     overlap = set(param_axes) & set(reduce_axes)
     # Parameters may vary inside a reduction set only in the two shapes normalizations use: over the whole normalized
     # shape (layer norm, as in PyTorch) or per channel of a channel axis split into groups (group norm).
@@ -191,74 +200,135 @@ def _validate(spec: Spec) -> None:
                         f"axes disjoint from reduce_axes {reduce_axes}, or equal to them (layer norm), "
                         "or the grouped channel axis (group norm); axis "
                         f"{sorted(overlap)[0]} is both reduced and a parameter axis")
-    if isinstance(spec.eps, bool) or not isinstance(spec.eps, (int, float)) or not (0 < spec.eps < math.inf):
-        raise SpecError("eps", spec.eps, "a finite number > 0")
-    if spec.ddof not in (0, 1) or isinstance(spec.ddof, bool):
+    object.__setattr__(spec, "eps", _real("eps", spec.eps, "a finite number > 0", lambda v: 0 < v < math.inf))
+    if not _is_int(spec.ddof) or spec.ddof not in (0, 1):
         raise SpecError("ddof", spec.ddof, "0 (biased, as PyTorch, Keras and cs231n) or 1 (unbiased)")
-    if spec.running not in RUNNING:
+    if not isinstance(spec.running, str) or spec.running not in RUNNING:
         raise SpecError("running", spec.running, f"one of {sorted(RUNNING)}")
     if spec.momentum is None:
-        object.__setattr__(spec, "momentum", RUNNING.get(spec.running, 0.1))
-    if isinstance(spec.momentum, bool) or not isinstance(spec.momentum, (int, float)) or not 0 < spec.momentum < 1:
-        raise SpecError("momentum", spec.momentum, "a number strictly between 0 and 1")
+        object.__setattr__(spec, "momentum", RUNNING[spec.running])
+    object.__setattr__(spec, "momentum", _real("momentum", spec.momentum, "a number strictly between 0 and 1",
+                                               lambda v: 0 < v < 1))
     for flag, leaf in (("center", "beta"), ("scale", "gamma")):
-        if getattr(spec, flag) not in (True, False):
+        if not isinstance(getattr(spec, flag), bool):
             raise SpecError(flag, getattr(spec, flag), "True or False")
         if getattr(spec, flag) and not expr.contains(tree, leaf):
             raise SpecError(flag, True, f"False: the expression has no {leaf}")
+    _validate_names(spec, tree)
+
+
+def _validate_names(spec: Spec, tree: tuple) -> None:
+    """The preset and layout are labels that go into the spec's name, so they must say what the spec is: a spec
+    named batch_nhwc is batch norm over NHWC's axes, never another spec that would share its name and files."""
+    if spec.layout is not None:
+        if not isinstance(spec.layout, str) or spec.layout not in LAYOUTS:
+            raise SpecError("layout", spec.layout, f"None or one of {', '.join(LAYOUTS)}")
+        if spec.ndim != LAYOUTS[spec.layout].ndim:
+            raise SpecError("layout", spec.layout, f"a layout of {spec.ndim} dimensions (the spec's ndim), or None")
+    if spec.preset is None:
+        return
+    if not isinstance(spec.preset, str) or spec.preset not in PRESETS:
+        raise SpecError("preset", spec.preset, f"None or one of {', '.join(PRESETS)}")
+    if tree != expr.parse(_preset_expression(spec.preset)):
+        raise SpecError("preset", spec.preset, f"None for an expression other than {spec.preset} norm's")
+    if PRESETS[spec.preset].grouped != bool(spec.groups):
+        raise SpecError("groups", spec.groups, "a number of groups for group norm" if PRESETS[spec.preset].grouped
+                        else f"None for {spec.preset} norm")
+    if spec.layout is not None:
+        ndim, reduce_axes, param_axes, channel_axis = _preset_axes(spec.preset, spec.layout)
+        if (spec.reduce_axes, spec.param_axes) != (reduce_axes, param_axes) or (
+                spec.groups and spec.channel_axis != channel_axis):
+            raise SpecError("layout", spec.layout, f"None, or the layout whose axes the spec has: {spec.preset} norm "
+                            f"over {spec.layout} reduces {reduce_axes} with parameters over {param_axes}; this "
+                            f"spec reduces {spec.reduce_axes} with parameters over {spec.param_axes}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(name: str, value, expected: str, ok) -> float:
+    """*value* as a float, or SpecError: a real number (not a bool, string or complex) within float range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpecError(name, value, expected)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise SpecError(name, value, expected) from None
+    if not ok(number):
+        raise SpecError(name, value, expected)
+    return number
+
+
+def _sequence(name: str, axes) -> tuple:
+    if _is_int(axes):
+        return (axes,)
+    if isinstance(axes, (str, bytes)):
+        raise SpecError(name, axes, "a sequence of axis numbers")
+    try:
+        return tuple(axes)
+    except TypeError:
+        raise SpecError(name, axes, "a sequence of axis numbers") from None
 
 
 def _axes(name: str, axes, ndim: int) -> tuple[int, ...]:
-    if isinstance(axes, int):
-        axes = (axes,)
-    try:
-        axes = tuple(axes)
-    except TypeError:
-        raise SpecError(name, axes, "a sequence of axis numbers") from None
+    axes = _sequence(name, axes)
     out = []
     for a in axes:
-        if isinstance(a, bool) or not isinstance(a, int) or not -ndim <= a < ndim:
+        if not _is_int(a) or not -ndim <= a < ndim:
             raise SpecError(name, axes, f"axes in [{-ndim}, {ndim}) for a {ndim}-dimensional input")
-        out.append(a % ndim)
+        out.append(int(a) % ndim)
     if len(set(out)) != len(out):
         raise SpecError(name, axes, "no repeated axis")
     return tuple(sorted(out))
 
 
-def preset(name: str, layout: str | None = None, *, groups: int | None = None, center: bool | None = None,
-           scale: bool = True, **options) -> Spec:
-    """The spec of a preset normalization for a layout, e.g. ``preset("group", "NCHW", groups=4)``."""
-    if name not in PRESETS:
+def _preset_axes(name, layout) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
+    """(ndim, reduce_axes, param_axes, channel_axis) of a preset for a layout: what the name promises."""
+    if not isinstance(name, str) or name not in PRESETS:
         raise SpecError("preset", name, f"one of {', '.join(PRESETS)}")
-    row = PRESETS[name]
-    if layout is None:
-        layout = "NCHW" if row.grouped or row.reduce == ("spatial",) else "NC"
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise SpecError("layout", layout, f"one of {', '.join(LAYOUTS)}")
-    where = LAYOUTS[layout]
+    row, where = PRESETS[name], LAYOUTS[layout]
     roles = {"batch": (where.batch,), "channel": (where.channel,), "spatial": where.spatial}
     reduce_axes = tuple(sorted(a for role in row.reduce for a in roles[role]))
     if not reduce_axes:
         raise SpecError("layout", layout, f"a layout with spatial axes for {name} norm (one of NCL, NCHW, NHWC, NCDHW)")
+    param_axes = (where.channel,) if row.params == "channel" else reduce_axes
+    return where.ndim, reduce_axes, param_axes, where.channel
+
+
+def preset(name: str, layout: str | None = None, *, groups: int | None = None, center: bool | None = None,
+           scale: bool = True, **options) -> Spec:
+    """The spec of a preset normalization for a layout, e.g. ``preset("group", "NCHW", groups=4)``."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise SpecError("preset", name, f"one of {', '.join(PRESETS)}")
+    row = PRESETS[name]
+    if layout is None:
+        layout = "NCHW" if row.grouped or row.reduce == ("spatial",) else "NC"
+    ndim, reduce_axes, param_axes, channel_axis = _preset_axes(name, layout)
     if row.grouped:
         if groups is None:
             raise SpecError("groups", None, "a positive integer number of groups for group norm")
     elif groups is not None:
         raise SpecError("groups", groups, f"no groups for {name} norm (only group norm splits channels)")
-    param_axes = (where.channel,) if row.params == "channel" else reduce_axes
     return Spec(
-        expression=f"gamma*({row.core}) + beta",
-        ndim=where.ndim,
+        expression=_preset_expression(name),
+        ndim=ndim,
         reduce_axes=reduce_axes,
         param_axes=param_axes,
         groups=groups,
-        channel_axis=where.channel,
+        channel_axis=channel_axis,
         center=row.center if center is None else center,
         scale=scale,
         layout=layout,
         preset=name,
         **options,
     )
+
+
+def _preset_expression(name: str) -> str:
+    return f"gamma*({PRESETS[name].core}) + beta"
 
 
 def custom(expression: str, *, ndim: int, axes, param_axes, groups: int | None = None,
@@ -286,6 +356,8 @@ def make(what: str, *, layout: str | None = None, like: str | None = None, axes=
     An expression takes its axes from ``axes``/``param_axes`` (and ``ndim``, by default one more than the largest
     axis), or from the preset ``like`` for ``layout``.
     """
+    if not isinstance(what, str):
+        raise SpecError("what", what, f"a preset name ({', '.join(PRESETS)}) or a forward expression string")
     if what in PRESETS and axes is None and param_axes is None:
         if like is not None:
             raise SpecError("like", like, f"no like= with the preset {what!r} (it has its own axes)")
@@ -295,7 +367,7 @@ def make(what: str, *, layout: str | None = None, like: str | None = None, axes=
             raise SpecError("layout", layout or like, "no layout or like= with explicit axes")
         row = PRESETS[what]
         options.setdefault("center", row.center)
-        return make(f"gamma*({row.core}) + beta", axes=axes, param_axes=param_axes, ndim=ndim, groups=groups,
+        return make(_preset_expression(what), axes=axes, param_axes=param_axes, ndim=ndim, groups=groups,
                     channel_axis=channel_axis, **options).with_options(preset=what)
     if what.isidentifier() and what not in expr.NAMES:
         raise SpecError("preset", what, f"one of {', '.join(PRESETS)}, or a forward expression such as '{RMS}'")
@@ -313,9 +385,8 @@ def make(what: str, *, layout: str | None = None, like: str | None = None, axes=
         raise SpecError("param_axes", None, "the axes gamma and beta span (may be empty) for a custom expression")
     if layout is not None:
         raise SpecError("layout", layout, "no layout with explicit axes (or use like=PRESET)")
-    axes_t = (axes,) if isinstance(axes, int) else tuple(axes)
-    params_t = (param_axes,) if isinstance(param_axes, int) else tuple(param_axes)
+    axes_t, params_t = _sequence("axes", axes), _sequence("param_axes", param_axes)
     if ndim is None:
-        ndim = max((a for a in axes_t + params_t if isinstance(a, int) and a >= 0), default=0) + 1
+        ndim = max((int(a) for a in axes_t + params_t if _is_int(a) and a >= 0), default=0) + 1
     return custom(what, ndim=ndim, axes=axes_t, param_axes=params_t, groups=groups, channel_axis=channel_axis,
                   **options)

@@ -82,7 +82,9 @@ def test_check_passes_a_good_module_and_fails_a_broken_one(tmp_path, capsys):
     assert text.count("out_c = dx[sl]") == 2  # backward, then backward_eval
     first_term = text[text.index("out_c = dx[sl]"):].splitlines()[1].strip()  # np.multiply(dyc, k1, out=out_c)
     broken.write_text(text.replace(first_term, first_term.replace("dyc", "1.001*dyc", 1), 1))  # a term off by 0.1%
-    assert run("check", str(broken)) == 1
+    assert run("check", str(broken)) == 1  # edited since symbn wrote it: not imported (run) without --trust
+    assert "since symbn wrote it" in capsys.readouterr().err
+    assert run("check", "--trust", str(broken)) == 1
     assert "FAIL central differences dx" in capsys.readouterr().out
 
 
