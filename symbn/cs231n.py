@@ -13,13 +13,20 @@ Semantics follow the assignment's layers.py:
   shapes of x, gamma, beta.
 
 ``batchnorm_backward`` uses the engine's staged form (one adjoint per forward node, the step-by-step backward the
-assignment asks for first); ``batchnorm_backward_alt`` and the others use the compact form. Caches are opaque.
+assignment asks for first); ``batchnorm_backward_alt`` and the others use the compact form. Caches are opaque (the
+saved statistics keep whatever dtype the kernels return).
+
+Bad arguments are refused by an error naming them (``bn_param['eps']``, ``dout``, ``cache``, ...) before anything
+changes: a refused forward neither creates nor updates ``bn_param``'s running statistics.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .layers import as_array, real
 from .output import load
 from .spec import preset
 
@@ -32,33 +39,50 @@ def _kernels(name: str, layout: str, **options):
 
 
 def _array(name: str, a, ndim: int) -> np.ndarray:
-    a = np.asarray(a)
+    a = as_array(name, a, "biuf", "real numbers")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions; got shape {a.shape}")
     return a
 
 
+def _param_dict(name: str, param) -> dict:
+    if not isinstance(param, dict):
+        raise TypeError(f"{name}: expected a dict; got {type(param).__name__}")
+    return param
+
+
+def _eps(name: str, param: dict) -> float:
+    return real(f"{name}['eps']", param.get("eps", 1e-5), "a finite number >= 0", lambda v: 0 <= v < math.inf)
+
+
 def _running(param: dict, key: str, n: int, dtype) -> np.ndarray:
-    """param[key] as a writeable float array the kernel can update in place, created as zeros on first use."""
+    """param[key] as a writeable float array the kernel can update in place: the caller's array when it is one,
+    else a new one (zeros on first use) that the caller stores in param once the forward succeeds."""
+    name = f"bn_param[{key!r}]"
     r = param.get(key)
     if r is None:
-        r = np.zeros(n, dtype=dtype)
+        r = np.zeros(n, dtype=dtype if np.dtype(dtype) in (np.float32, np.float64) else np.float64)
     elif not (isinstance(r, np.ndarray) and r.flags.writeable and r.dtype in (np.float32, np.float64)):
-        r = np.array(r, dtype=np.float64)
+        r = np.array(as_array(name, r, "iuf", "real numbers"), dtype=np.float64)
     if r.shape != (n,):
-        raise ValueError(f"bn_param[{key!r}]: expected shape ({n},); got {r.shape}")
-    param[key] = r
+        raise ValueError(f"{name}: expected shape ({n},); got {r.shape}")
+    bad = ~np.isfinite(r) | ((r < 0) if key == "running_var" else False)
+    if np.any(bad):
+        expected = "finite values >= 0" if key == "running_var" else "finite values"
+        raise ValueError(f"{name}: expected {expected}; got {r[bad][0]!r}")
     return r
 
 
 def _batchnorm(x, gamma, beta, bn_param, layout):
-    if not isinstance(bn_param, dict):
-        raise TypeError(f"bn_param: expected a dict; got {type(bn_param).__name__}")
+    bn_param = _param_dict("bn_param", bn_param)
     if "mode" not in bn_param:
         raise KeyError("bn_param: expected a 'mode' key, 'train' or 'test'")
     mode = bn_param["mode"]
-    eps = bn_param.get("eps", 1e-5)
-    momentum = bn_param.get("momentum", 0.9)
+    if not (isinstance(mode, str) and mode in ("train", "test")):
+        raise ValueError(f'Invalid forward batchnorm mode "{mode}"')  # the assignment's own message
+    eps = _eps("bn_param", bn_param)
+    momentum = real("bn_param['momentum']", bn_param.get("momentum", 0.9), "a number in [0, 1]",
+                    lambda v: 0 <= v <= 1)
     kernels = _kernels("batch", layout, running="keras")
     channels = x.shape[1]
     mean = _running(bn_param, "running_mean", channels, x.dtype)
@@ -66,11 +90,10 @@ def _batchnorm(x, gamma, beta, bn_param, layout):
     if mode == "train":
         out, mu, istd = kernels.forward_train(x, gamma, beta, mean, var, momentum=momentum, eps=eps)
         cache = ("train", kernels, x, gamma, _shapes(gamma, beta), (mu, istd), eps)
-    elif mode == "test":
+    else:
         out = kernels.forward_eval(x, gamma, beta, mean, var, eps=eps)
         cache = ("test", kernels, x, gamma, _shapes(gamma, beta), (mean.copy(), var.copy()), eps)
-    else:
-        raise ValueError(f'Invalid forward batchnorm mode "{mode}"')  # the assignment's own message
+    bn_param["running_mean"], bn_param["running_var"] = mean, var  # stored once the forward succeeded
     return out, cache
 
 
@@ -81,8 +104,12 @@ def _shapes(gamma, beta):
 
 def _backward(dout, cache, staged=False):
     # gamma as the kernel takes it (flat for group norm); shapes: the caller's parameter shapes
+    if not (isinstance(cache, tuple) and len(cache) == 7 and isinstance(cache[0], str) and cache[0] in ("train", "test")
+            and hasattr(cache[1], "backward") and isinstance(cache[2], np.ndarray)):
+        raise TypeError(f"cache: expected the cache returned by the matching forward; got {type(cache).__name__}"
+                        + (f" of length {len(cache)}" if isinstance(cache, tuple) else ""))
     mode, kernels, x, gamma, shapes, stats, eps = cache
-    dout = np.asarray(dout)
+    dout = as_array("dout", dout, "biuf", "real numbers")
     if dout.shape != x.shape:
         raise ValueError(f"dout: expected the shape of x {x.shape}; got {dout.shape}")
     dout = dout.astype(x.dtype, copy=False)
@@ -113,7 +140,7 @@ def batchnorm_backward_alt(dout, cache):
 def layernorm_forward(x, gamma, beta, ln_param):
     """Layer norm of each row of x (N, D), gamma and beta (D,): (out, cache). Uses ln_param['eps'] (1e-5)."""
     x = _array("x", x, 2)
-    eps = ln_param.get("eps", 1e-5)
+    eps = _eps("ln_param", _param_dict("ln_param", ln_param))
     kernels = _kernels("layer", "NC")
     out, mu, istd = kernels.forward_train(x, gamma, beta, eps=eps)
     return out, ("train", kernels, x, gamma, _shapes(gamma, beta), (mu, istd), eps)
@@ -135,6 +162,7 @@ def spatial_batchnorm_backward(dout, cache):
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     """Group norm of x (N, C, H, W) in G groups of C // G channels, gamma and beta (1, C, 1, 1): (out, cache)."""
     x = _array("x", x, 4)
+    eps = _eps("gn_param", _param_dict("gn_param", gn_param))
     if isinstance(G, bool) or not isinstance(G, (int, np.integer)) or G < 1:
         raise ValueError(f"G: expected a positive number of groups; got {G!r}")
     if x.shape[1] % G:
@@ -143,7 +171,6 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     for name, p in (("gamma", gamma), ("beta", beta)):
         if np.shape(p) != (1, c, 1, 1):
             raise ValueError(f"{name}: expected shape (1, {c}, 1, 1); got {np.shape(p)}")
-    eps = gn_param.get("eps", 1e-5)
     kernels = _kernels("group", "NCHW", groups=int(G))
     g, b = np.reshape(gamma, c), np.reshape(beta, c)
     out, mu, istd = kernels.forward_train(x, g, b, eps=eps)

@@ -4,6 +4,8 @@ bundled with scikit-learn, and a reader for MNIST's IDX files when the user has 
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,11 @@ def read_idx(path) -> np.ndarray:
     """An IDX file (optionally gzip-compressed, by its .gz suffix) as an array in native byte order."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a truncated or corrupt .gz
+        raise ValueError(f"{path}: not a readable gzip file ({type(e).__name__}: {e})") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (the first two bytes of the magic number must be 0)")
     code, ndim = data[2], data[3]
@@ -67,6 +72,9 @@ def load_mnist(folder):
 def load_digits(test_size: int = 497, seed: int = 0):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download): (x_train, y_train, x_test, y_test),
     64 features scaled to [0, 1], split at random (seeded)."""
+    if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, np.integer)) \
+            or not 0 <= test_size < 1797:
+        raise ValueError(f"test_size: expected an integer from 0 to 1796 (of 1797 images); got {test_size!r}")
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as e:  # an optional extra, not a dependency
@@ -82,10 +90,26 @@ def make_classification(n_samples: int = 2000, n_features: int = 20, n_informati
     """A binary classification set in the manner of sklearn's make_classification, in plain NumPy (seeded):
     two Gaussian clusters per class in an informative subspace, redundant features that are linear combinations of
     them, pure-noise features, columns shuffled and a fraction *flip* of the labels flipped. Returns (x, y)."""
+    for name, n, least in (("n_samples", n_samples, 1), ("n_features", n_features, 1),
+                           ("n_informative", n_informative, 1), ("n_redundant", n_redundant, 0)):
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < least:
+            raise ValueError(f"{name}: expected an integer >= {least}; got {n!r}")
+    for name, v, ok, expected in (("class_sep", class_sep, lambda v: 0 < v < math.inf, "a finite number > 0"),
+                                  ("flip", flip, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")):
+        try:
+            good = not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, float, np.integer, np.floating)) \
+                and ok(float(v))
+        except OverflowError:
+            good = False
+        if not good:
+            raise ValueError(f"{name}: expected {expected}; got {v!r}")
     if n_informative + n_redundant > n_features:
         raise ValueError(f"n_features: expected at least n_informative + n_redundant = "
                          f"{n_informative + n_redundant}; got {n_features}")
-    rng = np.random.default_rng(seed)
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"seed: expected None or an integer seed; got {seed!r} ({e})") from None
     y = rng.integers(0, 2, n_samples)
     centres = rng.choice([-class_sep, class_sep], size=(2, 2, n_informative))  # class, cluster, feature
     informative = centres[y, rng.integers(0, 2, n_samples)] + rng.normal(size=(n_samples, n_informative))

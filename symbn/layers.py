@@ -12,11 +12,24 @@ Running statistics (BatchNorm only) follow a named convention:
 
 Layer, group, instance and RMS norm compute their statistics from each input in eval mode too (as PyTorch's
 defaults do: no running statistics).
+
+Bad input is refused before anything changes, by an error that names the argument or state key, what was expected
+and what was given: ValueError for a bad option or shape (as the spec's SpecError), TypeError for an array of the
+wrong dtype, KeyError for missing or unexpected state keys, RuntimeError for backward before forward, OSError or
+ValueError naming the path for a file that cannot be written or read. A refused call leaves parameters, buffers
+(running statistics) and the cache of the last forward as they were; a state dict or ``.npz`` file is checked
+entry by entry (keys, shapes, numeric real dtypes, values that survive the cast, finite values, running variances
+and counts >= 0) before the first array is written.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +46,7 @@ class Layer:
     training = True
 
     def train(self, mode: bool = True):
-        self.training = bool(mode)
+        self.training = flag("mode", mode)
         return self
 
     def eval(self):
@@ -50,37 +63,200 @@ class Layer:
         """State that is not trained by gradient (running statistics)."""
         return {}
 
+    def nonnegative(self) -> set[str]:
+        """State keys whose values must be >= 0 (running variances, batch counts): loading a negative one is refused."""
+        return set()
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {k: np.array(v, copy=True) for k, v in {**self.parameters(), **self.buffers()}.items()}
 
     def load_state_dict(self, state) -> None:
         """Copy *state* into the layer's arrays in place (optimizers keep their references); keys and shapes must
-        match exactly."""
-        load_into({**self.parameters(), **self.buffers()}, state, type(self).__name__)
+        match exactly, values must be real numbers that survive the cast to the layer's dtypes, finite, and >= 0
+        where nonnegative() says so. Every entry is checked before the first is written: a refusal changes
+        nothing."""
+        load_into({**self.parameters(), **self.buffers()}, state, type(self).__name__, self.nonnegative())
 
-    def save(self, path) -> None:
-        np.savez(path, **self.state_dict())
+    def save(self, path) -> Path:
+        """Write the state dict to *path* as ``.npz`` (with NumPy's rule: ".npz" is appended to a name without it);
+        returns the path written. The file is written beside its destination and renamed into place, so a failed
+        save leaves any earlier file whole."""
+        path = npz_path(path)
+        state = self.state_dict()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            # os.open with mode 0o666: the file gets the permissions np.savez would give it (umask applied)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as e:
+            raise _os_error(e, f"path: cannot write {str(path)!r}") from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **state)
+            os.replace(tmp, path)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise _os_error(e, f"path: cannot write {str(path)!r}") from e
+            raise
+        return path
 
     def load(self, path) -> None:
-        with np.load(path, allow_pickle=False) as f:
-            self.load_state_dict({k: f[k] for k in f.files})
+        """Load a state dict saved by save(); a missing, unreadable or corrupt file, or one whose entries do not fit
+        the layer, is refused by an error naming the path (and the key), and the layer is left unchanged."""
+        state, path = read_npz(path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, ValueError, TypeError) as e:
+            message = e.args[0] if e.args else str(e)
+            raise type(e)(f"{str(path)!r}: {message}") from e
 
 
-def load_into(targets: dict[str, np.ndarray], state, owner: str) -> None:
-    """Copy state[k] into targets[k] for every key, after checking that the keys and shapes agree."""
-    missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
+def _os_error(e: OSError, message: str) -> OSError:
+    """An OSError of e's kind (FileNotFoundError, PermissionError, ...) with *message* and e's reason."""
+    reason = e.strerror or str(e)
+    return OSError(e.errno, f"{message} ({reason})") if e.errno is not None else OSError(f"{message} ({reason})")
+
+
+def flag(name: str, value) -> bool:
+    """True or False (NumPy's bools too); anything else is refused, so that affine="no" does not read as True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name}: expected True or False; got {value!r}")
+
+
+def real(name: str, value, expected: str, ok) -> float:
+    """A real number (Python's or NumPy's, or a 0-d real array) as a Python float, refused unless ok(value)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name}: expected {expected}; got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: expected {expected}; got {value!r}, too large for a float") from None
+    if not ok(number):
+        raise ValueError(f"{name}: expected {expected}; got {value!r}")
+    return number
+
+
+def check_eps(value, name: str = "eps") -> float:
+    return real(name, value, "a finite number > 0", lambda v: 0 < v < math.inf)
+
+
+def check_momentum(value, name: str = "momentum") -> float:
+    return real(name, value, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+
+
+def float_dtype(name: str, dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected float32 or float64; got {dtype!r}")
+    return dt
+
+
+def as_array(name: str, value, kinds: str | None = "iuf", expected: str = "real numbers") -> np.ndarray:
+    """np.asarray(value), refused (TypeError naming *name*) unless its dtype kind is in *kinds* (i, u: integers,
+    f: floats, b: bools; None: any); ragged nesting is refused too."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name}: expected an array of {expected}; got {type(value).__name__} ({e})") from None
+    if kinds is not None and a.dtype.kind not in kinds:
+        raise TypeError(f"{name}: expected an array of {expected}; got dtype {a.dtype}")
+    return a
+
+
+def npz_path(path) -> Path:
+    """*path* as save() writes it: ".npz" appended when missing (NumPy's rule)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file path (str or os.PathLike); got {type(path).__name__}")
+    if os.path.isdir(path) or str(path).endswith(("/", os.sep)):
+        raise IsADirectoryError(f"path: expected a file name; got the directory {str(path)!r}")
+    path = Path(path)
+    return path if path.name.endswith(".npz") else path.with_name(path.name + ".npz")
+
+
+def read_npz(path) -> tuple[dict[str, np.ndarray], Path]:
+    """Every array of an ``.npz`` file (no pickles), and the path; errors name the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file path (str or os.PathLike); got {type(path).__name__}")
+    path = Path(path)
+    try:
+        f = np.load(path, allow_pickle=False)
+    except OSError as e:
+        hint = ""
+        alt = path.with_name(path.name + ".npz")
+        if isinstance(e, FileNotFoundError) and not path.name.endswith(".npz") and alt.is_file():
+            hint = f"; save() appends .npz to a name without it: did you mean {str(alt)!r}?"
+        raise _os_error(e, f"path: cannot read {str(path)!r}{hint}") from e
+    except Exception as e:  # pickled or random bytes, an empty file: not an .npz
+        raise ValueError(f"path: {str(path)!r} is not a state file saved by save() ({type(e).__name__}: {e})") from e
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"path: {str(path)!r} holds a single array (.npy), not a state dict (.npz from save())")
+    with f:
+        state = {}
+        for k in f.files:
+            try:
+                state[k] = f[k]
+            except Exception as e:  # truncated or corrupt member, object arrays (pickles)
+                raise ValueError(f"path: {str(path)!r} is corrupt or not a state file saved by save(): entry {k!r} "
+                                 f"cannot be read ({type(e).__name__}: {e})") from e
+    return state, path
+
+
+def load_into(targets: dict[str, np.ndarray], state, owner: str, nonnegative=()) -> None:
+    """Copy state[k] into targets[k] for every key, after checking every entry (keys, shapes, dtypes, values; the
+    keys in *nonnegative* must be >= 0): nothing is written unless everything fits."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state: expected a mapping of names to arrays (as state_dict() returns); got "
+                        f"{type(state).__name__}")
+    missing = sorted(set(targets) - set(state), key=str)
+    unexpected = sorted(set(state) - set(targets), key=str)
     if missing or unexpected:
         raise KeyError(f"state: {owner} expects keys {sorted(targets)}; missing {missing}, unexpected {unexpected}")
+    values = {k: _state_value(k, state[k], target, owner, k in nonnegative) for k, target in targets.items()}
     for k, target in targets.items():
-        value = np.asarray(state[k])
-        if value.shape != target.shape:
-            raise ValueError(f"state[{k!r}]: expected shape {target.shape} for {owner}; got {value.shape}")
-    for k, target in targets.items():
-        target[...] = state[k]
+        target[...] = values[k]
+
+
+def _state_value(key: str, value, target: np.ndarray, owner: str, nonnegative: bool) -> np.ndarray:
+    """state[key] checked against *target* and cast to its dtype (a new array: nothing aliases the layer)."""
+    name = f"state[{key!r}]"
+    integer = target.dtype.kind in "iu"
+    value = as_array(name, value, "iuf", "real numbers" + (" (integers)" if integer else ""))
+    if value.shape != target.shape:
+        raise ValueError(f"{name}: expected shape {target.shape} for {owner}; got {value.shape}")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name}: expected finite values for {owner}; got {_bad(value, ~np.isfinite(value))}")
+    if nonnegative and np.any(value < 0):
+        raise ValueError(f"{name}: expected values >= 0 for {owner}; got {_bad(value, value < 0)}")
+    if integer:
+        info = np.iinfo(target.dtype)
+        fits = (value == np.round(value)) & (value >= info.min) & (value <= info.max)
+        if not np.all(fits):
+            raise ValueError(f"{name}: expected integers that fit {target.dtype} for {owner}; got "
+                             f"{_bad(value, ~fits)}")
+        return np.array(np.round(value), dtype=target.dtype)
+    with np.errstate(over="ignore"):
+        cast = np.array(value, dtype=target.dtype)
+    if not np.all(np.isfinite(cast)):
+        raise ValueError(f"{name}: expected values that fit {target.dtype} for {owner}; got "
+                         f"{_bad(value, ~np.isfinite(cast))}")
+    return cast
+
+
+def _bad(value: np.ndarray, where: np.ndarray) -> str:
+    """The first offending value and where it is, for an error message."""
+    index = tuple(int(i) for i in np.argwhere(where)[0])
+    at = f" at index {index}" if index else ""
+    return f"{value[index]!r}{at}" + (f" ({int(where.sum())} such values)" if where.sum() > 1 else "")
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive integer; got {value!r}")
     return int(value)
 
@@ -91,17 +267,15 @@ class _Norm(Layer):
     per = "statistic"  # what one statistic is computed over, for the error message
     momentum = None
 
-    def __init__(self, spec, param_shape, affine, backend, dtype, eps):
+    def __init__(self, spec, param_shape, affine, backend, dtype, eps, affine_name="affine"):
         self.spec = spec
-        self.eps = spec.eps if eps is None else eps
+        self.eps = spec.eps if eps is None else check_eps(eps)
+        self.affine = flag(affine_name, affine)
+        self.dtype = float_dtype("dtype", dtype)
         # Options that only change default arguments are passed at call time, so every layer of one kind shares a
         # single cached module whatever its eps and momentum.
         self.kernels = load(spec.with_options(eps=1e-5, momentum=None), backend)
         self.backend = backend
-        self.affine = bool(affine)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype: expected float32 or float64; got {self.dtype}")
         self.gamma = np.ones(param_shape, self.dtype)
         self.beta = np.zeros(param_shape, self.dtype) if spec.center else None
         self.dgamma = np.zeros_like(self.gamma)
@@ -122,9 +296,11 @@ class _Norm(Layer):
         return (self.gamma,) if self.beta is None else (self.gamma, self.beta)
 
     def _check(self, x) -> np.ndarray:
-        x = np.asarray(x)
+        x = as_array("x", x, None, "float32 or float64 numbers")
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"x: {self!r} expects float32 or float64 input; got {x.dtype}")
+        if x.size == 0:
+            raise ValueError(f"x: {self!r} expects a non-empty input; got shape {x.shape}")
         return x
 
     def _too_few(self, xv: np.ndarray) -> bool:
@@ -145,18 +321,23 @@ class _Norm(Layer):
                 options["momentum"] = self.momentum  # and the kernel updates the running statistics in place
             else:
                 running = ()
+            # saved statistics (mu, istd, ...) go back to the kernel as they came: float64 or x's dtype
             y, *saved = self.kernels.forward_train(xv, *self._params(), *running, **options)
+            self._cache = (x.shape, xv, saved, None)
         else:
-            y, saved = self.kernels.forward_eval(xv, *self._params(), *running, eps=self.eps), None
-        self._cache = (x.shape, xv, saved)
+            y = self.kernels.forward_eval(xv, *self._params(), *running, eps=self.eps)
+            # the running statistics this forward used, for backward: a later load_state_dict must not change them
+            self._cache = (x.shape, xv, None, tuple(np.array(r, copy=True) for r in running))
         return y.reshape(x.shape)
 
     def backward(self, dy):
         """dx for the last forward; sets dgamma (and dbeta). In eval mode the statistics are constants."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
-        shape, xv, saved = self._cache
-        dy = np.asarray(dy)
+        shape, xv, saved, running = self._cache
+        dy = as_array("dy", dy, None, "float32 or float64 numbers")
+        if dy.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dy: {self!r} expects float32 or float64 gradients; got {dy.dtype}")
         if dy.shape != shape:
             raise ValueError(f"dy: expected the shape of the last forward's input {shape}; got {dy.shape}")
         dy = self._view(dy.astype(xv.dtype, copy=False))
@@ -164,11 +345,11 @@ class _Norm(Layer):
         if saved is not None:
             dx, *dparams = self.kernels.backward(dy, xv, gamma, *saved, eps=self.eps)
         else:
-            dx, *dparams = self.kernels.backward_eval(dy, xv, gamma, *self._running(), eps=self.eps)
+            dx, *dparams = self.kernels.backward_eval(dy, xv, gamma, *running, eps=self.eps)
         if self.affine:
-            self.dgamma = dparams[0].reshape(self.gamma.shape).astype(self.dtype)
-            if self.beta is not None:
-                self.dbeta = dparams[1].reshape(self.beta.shape).astype(self.dtype)
+            dgamma = dparams[0].reshape(self.gamma.shape).astype(self.dtype)
+            dbeta = None if self.beta is None else dparams[1].reshape(self.beta.shape).astype(self.dtype)
+            self.dgamma, self.dbeta = dgamma, dbeta
         return dx.reshape(shape)
 
     def parameters(self):
@@ -183,7 +364,7 @@ class _Norm(Layer):
 
 
 def _layout(layout: str, allowed=tuple(LAYOUTS)) -> str:
-    if layout not in allowed:
+    if not isinstance(layout, str) or layout not in allowed:
         raise ValueError(f"layout: expected one of {', '.join(allowed)}; got {layout!r}")
     return layout
 
@@ -219,15 +400,16 @@ class BatchNorm(_PerChannel):
     def __init__(self, num_features: int, layout: str = "NC", *, eps: float | None = None,
                  momentum: float | None = None, running: str = "pytorch", affine: bool = True,
                  track_running_stats: bool = True, backend: str = "numpy", dtype=np.float64):
-        if running not in CONVENTIONS:
+        if not isinstance(running, str) or running not in CONVENTIONS:
             raise ValueError(f"running: expected one of {', '.join(CONVENTIONS)}; got {running!r}")
-        eps = CONVENTIONS[running]["eps"] if eps is None else eps
-        momentum = CONVENTIONS[running]["momentum"] if momentum is None else momentum
-        # The full spec validates eps and momentum with clear errors, though the kernels take them per call.
+        eps = CONVENTIONS[running]["eps"] if eps is None else check_eps(eps)
+        momentum = CONVENTIONS[running]["momentum"] if momentum is None else check_momentum(momentum)
+        track_running_stats = flag("track_running_stats", track_running_stats)
+        num_features = _positive_int("num_features", num_features)
         spec = preset("batch", _layout(layout), running=running, eps=eps, momentum=momentum)
         self.momentum, self.running = momentum, running
-        super().__init__(spec, _positive_int("num_features", num_features), affine, backend, dtype, eps)
-        self.track_running_stats = bool(track_running_stats)
+        super().__init__(spec, num_features, affine, backend, dtype, eps)
+        self.track_running_stats = track_running_stats
         self.running_mean = np.zeros(self.num_channels, self.dtype)
         self.running_var = np.ones(self.num_channels, self.dtype)
         self.num_batches_tracked = np.zeros((), np.int64)
@@ -252,6 +434,9 @@ class BatchNorm(_PerChannel):
         return {"running_mean": self.running_mean, "running_var": self.running_var,
                 "num_batches_tracked": self.num_batches_tracked}
 
+    def nonnegative(self):
+        return {"running_var", "num_batches_tracked"} if self.track_running_stats else set()
+
     def __repr__(self):
         return (f"BatchNorm({self.num_channels}, {self.spec.layout!r}, eps={self.eps:g}, momentum={self.momentum:g}, "
                 f"running={self.running!r}, backend={self.backend!r})")
@@ -267,7 +452,7 @@ class GroupNorm(_PerChannel):
         if num_channels % num_groups:
             raise ValueError(f"num_channels: expected a multiple of num_groups={num_groups}; got {num_channels}")
         self.num_groups = num_groups
-        spec = preset("group", _layout(layout), groups=num_groups, eps=eps)
+        spec = preset("group", _layout(layout), groups=num_groups, eps=check_eps(eps))
         super().__init__(spec, num_channels, affine, backend, dtype, eps)
 
     def __repr__(self):
@@ -282,8 +467,9 @@ class InstanceNorm(_PerChannel):
 
     def __init__(self, num_features: int, layout: str = "NCHW", *, eps: float = 1e-5, affine: bool = False,
                  backend: str = "numpy", dtype=np.float64):
-        spec = preset("instance", _layout(layout, ("NCL", "NCHW", "NHWC", "NCDHW")), eps=eps)
-        super().__init__(spec, _positive_int("num_features", num_features), affine, backend, dtype, eps)
+        num_features = _positive_int("num_features", num_features)
+        spec = preset("instance", _layout(layout, ("NCL", "NCHW", "NHWC", "NCDHW")), eps=check_eps(eps))
+        super().__init__(spec, num_features, affine, backend, dtype, eps)
 
     def __repr__(self):
         return f"InstanceNorm({self.num_channels}, {self.spec.layout!r}, eps={self.eps:g})"
@@ -296,7 +482,16 @@ class _Trailing(_Norm):
     per = "sample"
 
     def __init__(self, name, normalized_shape, affine, backend, dtype, eps):
-        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+        if isinstance(normalized_shape, (int, np.integer)):
+            shape = (normalized_shape,)
+        elif isinstance(normalized_shape, (str, bytes)):
+            shape = (normalized_shape,)  # refused below, as the size it is not
+        else:
+            try:
+                shape = tuple(normalized_shape)
+            except TypeError:
+                raise ValueError(f"normalized_shape: expected a positive integer or a sequence of them; got "
+                                 f"{normalized_shape!r}") from None
         if not shape:
             raise ValueError("normalized_shape: expected at least one axis; got ()")
         for n in shape:
@@ -304,7 +499,8 @@ class _Trailing(_Norm):
         self.normalized_shape = tuple(int(n) for n in shape)
         if math.prod(self.normalized_shape) < 2:
             raise ValueError(f"normalized_shape: expected more than 1 element to normalize; got {shape}")
-        super().__init__(preset(name, "NC", eps=eps), self.normalized_shape, affine, backend, dtype, eps)
+        super().__init__(preset(name, "NC", eps=check_eps(eps)), self.normalized_shape, affine, backend, dtype, eps,
+                         "elementwise_affine")
 
     def _check(self, x):
         x = super()._check(x)
