@@ -111,7 +111,7 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
     rules = _identities(g, base, varying)
 
     u = base[g.output.symbol].xreplace({GAMMA: 1, BETA: 0})
-    scale_expr = sympy.diff(u, X)
+    scale_expr = _diff(u, X)
     primal = scale_expr.has(X) or scale_expr == 0
     coords: list[tuple[sympy.Symbol, sympy.Expr]] = []
     to_coords: dict = {}
@@ -152,14 +152,32 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
         ("normalized coordinate", sympy.factor_terms(sympy.expand(in_coords))),
         ("named reductions, factored", compact[0][1]),
     )
-    eval_mode = [(DX, _tidy(finish(DY * sympy.diff(base[g.output.symbol], X))))]
+    eval_mode = [(DX, _tidy(finish(DY * _diff(base[g.output.symbol], X))))]
     for leaf, d in ((GAMMA, DGAMMA), (BETA, DBETA)):
         if leaf in g.leaves:
             compact.append((d, finish(env[d].xreplace(base), reduce_over_set=False)))
-            eval_mode.append((d, finish(psum(DY * sympy.diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
+            eval_mode.append((d, finish(psum(DY * _diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
     return dict(graph=g, steps=steps, staged=staged, coordinates=tuple(coords), reductions=reductions,
                 compact=tuple(compact), eval_mode=tuple(eval_mode), running=_running(g, ddof, running),
                 primal=primal, rewrites=rewrites, identities=tuple(rules.items()))
+
+
+class _RealAbs(sympy.Function):
+    """abs() of a real value, for differentiation only: d|a| = sign(a)*da. SymPy's Abs, unsure whether a subexpression
+    such as log(x) is real, differentiates it through re(), im() and arg(), which no kernel can print."""
+
+    nargs = 1
+    is_extended_real = True
+
+    def fdiff(self, argindex=1):
+        return sympy.sign(self.args[0])
+
+
+def _diff(e: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
+    """d e / d s where every value is real (the forward is refused or unproved where it is not)."""
+    if not e.has(sympy.Abs):
+        return sympy.diff(e, s)
+    return sympy.diff(e.replace(sympy.Abs, _RealAbs), s).replace(_RealAbs, sympy.Abs)
 
 
 def _reverse(g: Graph) -> tuple[tuple[Step, ...], Program]:
@@ -261,13 +279,22 @@ def _eliminate(g: Graph, inv: sympy.Symbol) -> dict:
 
 def _name_reductions(dx: sympy.Expr) -> tuple[sympy.Expr, Program]:
     """sum(dy*xhat) becomes the symbol sum_dy_xhat, and so on, in a deterministic order."""
-    named = []
+    named, taken = [], set()
     for s in sorted(dx.atoms(rsum), key=lambda a: (sympy.count_ops(a), sympy.default_sort_key(a))):
         parts = []
         for f in sorted(sympy.Mul.make_args(s.args[0]), key=sympy.default_sort_key):
             b, e = f.as_base_exp()
-            parts.append(f"{b}{e}" if b.is_Symbol and e != 1 else re.sub(r"\W+", "_", str(f)).strip("_"))
-        named.append((sym("sum_" + "_".join(parts)), s))
+            if b.is_Symbol and e != 1:  # x**2 -> x2, x**-1 -> xm1, x**(1/2) -> x1_2: always an identifier
+                parts.append(f"{b}{str(e).replace('-', 'm').replace('/', '_')}")
+            else:
+                parts.append(re.sub(r"\W+", "_", str(f)).strip("_"))
+        name = re.sub(r"\W+", "_", "sum_" + "_".join(parts))
+        # Different sums can share a name (sum(dy*exp(x)) and sum(dy*exp(-x))): the later one gets a number.
+        unique, k = name, 2
+        while unique in taken:
+            unique, k = f"{name}_{k}", k + 1
+        taken.add(unique)
+        named.append((sym(unique), s))
     return dx.xreplace({s: n for n, s in named}), tuple(named)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from .expr import canonical, contains
 from .symbols import BETA, EPS, GAMMA, M, RESERVED, X, rsum, sym
 
 ELEM, STAT, REDUCE = "elem", "stat", "reduce"
@@ -65,7 +66,8 @@ def build(tree: tuple, *, text: str, center: bool, scale: bool, ddof: int) -> Gr
     builder = _Builder(text, center=center, scale=scale, ddof=ddof)
     root = builder.visit(tree)
     if builder.level(root) != ELEM or not builder.depends(root, X):
-        raise GraphError(text, "the output must vary with x element by element")
+        folded = f"; it simplifies to {root}" if contains(tree, "x") and not root.is_Symbol else ""
+        raise GraphError(text, "the output must vary with x element by element" + folded)
     nodes = builder.output(root)
     if not any(n.kind == REDUCE for n in nodes):
         raise GraphError(text, "a normalization needs at least one mean() or sum() over x")
@@ -73,6 +75,7 @@ def build(tree: tuple, *, text: str, center: bool, scale: bool, ddof: int) -> Gr
         raise GraphError(text, "ddof=1 needs a central moment such as mean((x - mean(x))**2); there is none")
     leaves = tuple(s for s in (X, GAMMA, BETA) if builder.depends(root, s))
     graph = Graph(nodes, leaves)
+    _check_base(graph, text)
     if BETA in leaves and sympy.diff(graph.base()[graph.output.symbol], BETA) != 1:
         # Kernels take beta in the forward only: a shift never reaches a gradient, anything else would.
         raise GraphError(text, "beta must enter as a plain shift, y = ... + beta (use gamma for a scale)")
@@ -124,18 +127,30 @@ class _Builder:
         if kind == "call" and tree[1] in ("mean", "sum"):
             return self.reduction(tree[1], self.visit(tree[2]))
         args = [self.visit(t) for t in tree[1:] if isinstance(t, tuple)]
-        if all(self.level(a) is None for a in args):
-            return _apply(tree, args)
+        value = self.defined(tree, _apply(tree, args))
+        if self.level(value) is None:  # constants, and what SymPy folds to one: x - x, 0*mean(x), x**0
+            return value
         if kind in ("add", "sub") and any(self.level(a) is None for a in args):
             other = next(a for a in args if self.level(a) is not None)
             if other.is_Symbol:
-                return _apply(tree, args)
+                return value
         if kind == "div":
             num, den = args
             if self.level(den) is not None:
                 inv = self.materialize(1 / den, "reciprocal")
                 return inv if num == 1 else self.materialize(num * inv, "multiply")
-        return self.materialize(_apply(tree, args), _OPS.get(tree[1] if kind == "call" else kind, kind))
+        return self.materialize(value, _OPS.get(tree[1] if kind == "call" else kind, kind))
+
+    def defined(self, tree: tuple, e: sympy.Expr) -> sympy.Expr:
+        """*e*, unless SymPy has folded it into an infinity, nan or a complex number (x/(x - x), log(1 - 1))."""
+        problem = _undefined(e)
+        if problem and tree[0] == "call" and tree[1] == "log" and e.has(sympy.zoo):
+            problem = "log(0) is minus infinity"
+        elif problem and tree[0] == "pow" and e.has(sympy.zoo):
+            problem = "division by zero (0 to a negative power)"
+        if problem:
+            raise GraphError(self.text, f"{problem} in {_where(tree)}")
+        return e
 
     def reduction(self, fn: str, arg: sympy.Expr) -> sympy.Symbol:
         if self.level(arg) != ELEM:
@@ -191,6 +206,45 @@ class _Builder:
         return f"{name}{k}"
 
 
+def _check_base(graph: Graph, text: str) -> None:
+    """What each node computes once written in x and the statistics, where SymPy cancels what one node per operation
+    keeps apart (x*(1/x) is 1): nothing may come out infinite or complex, a reduction must still sum something that
+    varies with x, and so must the output (abs(x/x) - mean(x) is 1 - mean(x), the same for every element)."""
+    base = graph.base()
+    for n in graph.nodes:
+        e = base.get(n.symbol, n.expr).xreplace(base)
+        problem = _undefined(e)
+        if problem:
+            raise GraphError(text, f"{problem}: {n.name} = {n.expr} is {e}")
+        if n.kind == REDUCE:
+            (arg,) = n.operands
+            if X not in base.get(arg, arg).free_symbols:
+                raise GraphError(text, f"{n.op}() must be taken of an expression that varies with x; "
+                                       f"{n.name} sums {base.get(arg, arg)}, which SymPy simplifies to a constant")
+    y = base[graph.output.symbol]
+    if X not in y.free_symbols:
+        raise GraphError(text, f"the output must vary with x element by element; it simplifies to {y}")
+
+
+def _undefined(e: sympy.Expr) -> str | None:
+    """What is wrong with *e*, if SymPy has made it infinite, undefined or complex."""
+    if e.has(sympy.zoo):
+        return "division by zero"
+    if e.has(sympy.nan):
+        return "an undefined value (nan)"
+    if e.has(sympy.oo, -sympy.oo):
+        return "an infinite value"
+    if e.has(sympy.I) or any((a.is_Function or a.is_Pow or a.is_Number) and a.is_extended_real is False
+                             for a in sympy.preorder_traversal(e)):
+        return "a complex value"
+    return None
+
+
+def _where(tree: tuple) -> str:
+    text = canonical(tree)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _sign(e: sympy.Expr, kind: str) -> dict[str, bool]:
     """Assumptions that let SymPy simplify, e.g. sqrt(var + eps) > 0 because var is a mean of squares."""
     if kind == REDUCE:  # the sign of a mean or sum is the sign of its summand (the count is positive)
@@ -242,7 +296,8 @@ def _name(op: str, e: sympy.Expr, names: list[str], nodes: list[Node | None]) ->
     if op == "reciprocal":
         return "i" + names[0] if names and names[0] in ("std", "rms", "sd") else "inv"
     scales = [n for n in names if n.startswith("inv") or n in ("istd", "irms", "isd")]
-    if op == "multiply" and scales and [n for n in names if n not in scales][0] in ("x", "xc"):
+    others = [n for n in names if n not in scales]  # empty for eps*inv, 2*inv: no operand besides the scale
+    if op == "multiply" and scales and others and others[0] in ("x", "xc"):
         return "xhat"
     if op == "multiply" and "gamma" in names:
         return "scaled"

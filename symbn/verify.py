@@ -16,6 +16,7 @@ import numpy as np
 import sympy
 
 from .derive import DBETA, DGAMMA, DX, Derivation, Program
+from .graph import GraphError
 from .symbols import BETA, DY, EPS, GAMMA, M, MOMENTUM, X, psum, rsum
 
 
@@ -28,9 +29,11 @@ class Proof:
     seed: int
     checked: tuple[str, ...]  # e.g. ("staged dx", "compact dx", "compact dgamma", ...)
     largest_numeric_difference: float
+    attempt: int = 0  # how many points were drawn before one where every value is defined (0: the first one was)
 
     def __str__(self) -> str:
-        return (f"shape {self.shape} (M={self.set_size}), seed {self.seed}: {', '.join(self.checked)} equal the "
+        where = f" (point {self.attempt + 1}: the ones before were outside the domain)" if self.attempt else ""
+        return (f"shape {self.shape} (M={self.set_size}), seed {self.seed}{where}: {', '.join(self.checked)} equal the "
                 f"brute-force Jacobian exactly (largest difference before simplification "
                 f"{self.largest_numeric_difference:.1e})")
 
@@ -112,8 +115,33 @@ class Interpreter:
                 for e in range(len(self.stat_ids))]
 
 
+ATTEMPTS = 25  # points tried before a proof gives up on finding one where everything is defined
+# Where the first point is outside the domain, the next ones are drawn from these open intervals in turn (sqrt(x),
+# sqrt(-x), sqrt(-log(x)), log(log(x)), ...), with denominators of 64 so that the numbers stay small.
+_RANGES = ((0, 4), (-4, 0), (0, 1), (1, 8), (-1, 0), (0, sympy.Rational(1, 4)), (-4, 4), (1, 2))
+
+
+class DomainError(ProofError, GraphError):
+    """No exact point was found where the forward and its derivatives are real and finite (sqrt(-1 - x**2)): a
+    proof that cannot run, reported like a failed proof and, at the command line, like a refused expression."""
+
+    def __init__(self, text: str, problem: str):
+        GraphError.__init__(self, text, problem)
+
+
+class _Singular(Exception):
+    """The point drawn is outside the domain: a value there is infinite, undefined or complex."""
+
+    def __init__(self, what: str, derived: bool = False):
+        super().__init__(what)
+        self.derived = derived
+
+
 def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
-    """Check staged and compact dx (and dgamma, dbeta) against SymPy's derivative of the fully expanded forward."""
+    """Check staged and compact dx (and dgamma, dbeta) against SymPy's derivative of the fully expanded forward.
+
+    The inputs are exact random rationals. Where a value is not real and finite there (sqrt(x) at a negative x, 1/x
+    at 0), other points are drawn, from the intervals of _RANGES in turn; after ATTEMPTS points, DomainError."""
     spec = derivation.spec
     shape = proof_shape(spec, set_size)
     stat_ids, param_ids = index_sets(spec, shape)
@@ -123,13 +151,48 @@ def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
     def rational(lo=-4, hi=4):
         return sympy.Rational(rng.randint(lo * 8, hi * 8), rng.randint(1, 8)) or sympy.Rational(1, 3)
 
-    constants = {EPS: sympy.Rational(rng.randint(1, 9), 10), MOMENTUM: sympy.Rational(1, 10)}
     xs = sympy.symbols(f"x_0:{n}", real=True)
     gs = sympy.symbols(f"g_0:{n_params}", real=True)
     bs = sympy.symbols(f"b_0:{n_params}", real=True)
+    # The first point is drawn as it always was (the same seed gives the same proof); later ones only if it fails.
+    constants = {EPS: sympy.Rational(rng.randint(1, 9), 10), MOMENTUM: sympy.Rational(1, 10)}
     point = {s: rational() for s in xs + gs + bs}
     dys = [rational() for _ in range(n)]
+    problems = []
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            lo, hi = _RANGES[(attempt - 1) % len(_RANGES)]
+            constants = {EPS: sympy.Rational(rng.randint(1, 9), 10), MOMENTUM: sympy.Rational(1, 10)}
+            point = {s: lo + (hi - lo) * sympy.Rational(rng.randint(1, 63), 64) for s in xs + gs + bs}
+        try:
+            checked, worst = _prove_at(derivation, shape, stat_ids, param_ids, constants, xs, gs, bs, point, dys)
+        except _Singular as err:
+            problems.append(err)
+            continue
+        return Proof(shape, set_size, seed, checked, worst, attempt)
+    if all(p.derived for p in problems):
+        raise ProofError(f"shape {shape}: the derived backward is not defined where the forward and its brute-force "
+                         f"derivative are, at each of {ATTEMPTS} points ({problems[0]})")
+    raise DomainError(spec.expression, f"no point found where the forward and its derivatives are real and finite "
+                                       f"(tried {ATTEMPTS} exact rational points for shape {shape}; the first: "
+                                       f"{problems[0]}), so the derivation cannot be proved")
+
+
+def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs, gs, bs, point, dys):
     forward = tuple((node.symbol, node.expr) for node in derivation.graph.nodes)
+
+    def inputs(run: Interpreter) -> Interpreter:
+        run.bind(X, [point[s] for s in xs])
+        run.bind(GAMMA, [point[gs[p]] for p in param_ids])
+        run.bind(BETA, [point[bs[p]] for p in param_ids])
+        run.bind(DY, dys)
+        return run
+
+    # The forward at the point first: cheap, and where it is undefined the point is no good.
+    values = inputs(Interpreter(stat_ids, param_ids, constants))
+    for symbol, expr in forward:
+        values.env[symbol] = values.evaluate(expr)
+        _defined(values.env[symbol], f"the forward's {symbol}")
 
     # Brute force: y element by element, differentiated by SymPy with no knowledge of the derivation.
     symbolic = Interpreter(stat_ids, param_ids, constants)
@@ -144,30 +207,53 @@ def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
         expected[DGAMMA] = [sympy.diff(loss, gs[p]).xreplace(point) for p in param_ids]
     if BETA in leaves:
         expected[DBETA] = [sympy.diff(loss, bs[p]).xreplace(point) for p in param_ids]
+    for symbol, want in expected.items():
+        _defined(want, f"the brute-force {symbol}")
 
-    checked, worst = [], 0.0
+    results = []
     for label, programs in (("staged", (derivation.staged,)),
                             ("compact", (derivation.coordinates, derivation.reductions, derivation.compact))):
-        numeric = Interpreter(stat_ids, param_ids, constants)
-        numeric.bind(X, [point[s] for s in xs])
-        numeric.bind(GAMMA, [point[gs[p]] for p in param_ids])
-        numeric.bind(BETA, [point[bs[p]] for p in param_ids])
-        numeric.bind(DY, dys)
+        numeric = inputs(Interpreter(stat_ids, param_ids, constants))
         numeric.run(forward)
         for program in programs:
             numeric.run(program)
+        for symbol in expected:
+            _defined(numeric.env[symbol], f"the {label} {symbol}", derived=True)
+        results.append((label, numeric))
+
+    checked, worst = [], 0.0
+    for label, numeric in results:
         for symbol, want in expected.items():
             got = numeric.env[symbol]
             for e, (a, b) in enumerate(zip(got, want)):
                 worst = max(worst, _check_equal(a, b, f"{label} {symbol} at element {e} of shape {shape}"))
             checked.append(f"{label} {symbol}")
-    return Proof(shape, set_size, seed, tuple(checked), worst)
+    return tuple(checked), worst
+
+
+def _defined(values: list, what: str, derived: bool = False) -> None:
+    """Raise _Singular unless every value is real and finite."""
+    for e, v in enumerate(values):
+        if not _real_and_finite(v):
+            raise _Singular(f"{what} is {v} at element {e}", derived)
+
+
+def _real_and_finite(v: sympy.Expr) -> bool:
+    if v.is_Rational:
+        return True
+    if v.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        return False
+    try:
+        n = sympy.N(v, 30)
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+    return bool(n.is_Number and n.is_finite and n.is_extended_real)
 
 
 def _check_equal(a: sympy.Expr, b: sympy.Expr, where: str) -> float:
     difference = a - b
-    scale = max(1.0, abs(float(sympy.N(b, 30))))
-    numeric = abs(float(sympy.N(difference, 60))) / scale
+    scale = max(1.0, abs(complex(sympy.N(b, 30))))
+    numeric = abs(complex(sympy.N(difference, 60))) / scale
     if numeric > 1e-40:
         raise ProofError(f"{where}: derived {a} != brute force {b} (difference {numeric:.3e})")
     if difference != 0 and sympy.simplify(sympy.radsimp(difference)) != 0:
