@@ -106,6 +106,12 @@ def recorded_hash(text: str) -> str:
     return recorded_hash(text) or "none recorded"
 
 
+def _jitted(decorator: ast.expr) -> bool:
+    """A Numba compilation decorator: numba.njit(...) itself or the module's _jit(...) around it."""
+    text = ast.unparse(decorator)
+    return "njit" in text or text.startswith("_jit(")
+
+
 def kernel_excerpt(text: str, entry: str = BACKWARD) -> tuple[list[str], str]:
     """The Numba training backward as the module has it: the function *entry* and the compiled kernels it runs
     (each with its decorators, in file order). Which kernels those are depends on the layout (one chunked kernel, or
@@ -115,7 +121,7 @@ def kernel_excerpt(text: str, entry: str = BACKWARD) -> tuple[list[str], str]:
     if entry not in functions:
         return [], ""
     used = {n.id for n in ast.walk(functions[entry]) if isinstance(n, ast.Name)}
-    jitted = [f for name, f in functions.items() if name in used and any("njit" in ast.unparse(d) for d in f.decorator_list)]
+    jitted = [f for name, f in functions.items() if name in used and any(_jitted(d) for d in f.decorator_list)]
     lines = text.splitlines()
     parts = []
     for f in [functions[entry]] + jitted:

@@ -101,8 +101,6 @@ def test_sums_whose_names_collide_get_distinct_names():
         assert len(set(names)) == len(names) and all(n.isidentifier() for n in names), names
 
 
-@pytest.mark.xfail(reason="templates: the backward's signature is 'def backward(dy, x, , eps=...)' when it needs no "
-                          "saved statistic (any forward whose backward needs none; not an engine file)", strict=False)
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_generated_module_without_saved_statistics_compiles(backend):
     compile(generate.module_text(make("eps/x - mean(x)"), backend), "generated", "exec")

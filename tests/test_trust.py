@@ -302,3 +302,29 @@ def test_names_still_tell_specs_apart():
     nchw = symbn.preset("batch", "NCHW")
     assert nchw.with_options(layout=None).name != nchw.name
     assert nchw.with_options(eps=1).eps == 1.0 and nchw.with_options(eps=1).name == "batch_nchw_eps1"
+
+
+@pytest.mark.parametrize("damage", ["index", "data", "both"])
+def test_a_damaged_numba_cache_is_recompiled_not_fatal(tmp_path, damage):
+    import shutil
+
+    shutil.copy(ROOT / "generated" / "rms_nc_numba.py", tmp_path)
+    script = ("import numpy as np, importlib.util\n"
+              "s = importlib.util.spec_from_file_location('m', 'rms_nc_numba.py')\n"
+              "m = importlib.util.module_from_spec(s); s.loader.exec_module(m)\n"
+              "x = np.arange(20.0).reshape(4, 5)\n"
+              "print(repr(float(m.forward_train(x, np.ones(5))[0].sum())))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+
+    def call():
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = call()
+    cache = tmp_path / "__pycache__"
+    files = list(cache.glob("*.nbi")) * (damage != "data") + list(cache.glob("*.nbc")) * (damage != "index")
+    assert files
+    for path in files:
+        path.write_bytes(b"garbage")
+    assert call() == first and call() == first
