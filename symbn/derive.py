@@ -98,6 +98,9 @@ class Derivation:
 
 def derive(spec: Spec) -> Derivation:
     """Derive staged and compact backward, eval-mode backward and running updates for *spec* (cached)."""
+    if not isinstance(spec, Spec):
+        raise TypeError(f"spec: expected a symbn.Spec (from symbn.preset, symbn.custom or symbn.make); "
+                        f"got {type(spec).__name__} {spec!r:.60}")
     return Derivation(spec, **_derive(spec.tree, spec.expression, spec.center, spec.scale, spec.ddof,
                                       spec.param_varies, spec.running))
 

@@ -1952,7 +1952,7 @@ def load_verdict(rc, out, err, k=None, keys=("cache", "symbn_cache")):
         last = err.strip().splitlines()[-1]
         exc = last.split(":")[0].rsplit(".", 1)[-1]
         if exc in ("SpecError", "ExpressionError", "GraphError", "TypeError", "ValueError", "KeyError",
-                   "FileExistsError", "OverwriteError") and any(kk.lower() in last.lower() for kk in keys):
+                   "FileExistsError", "OverwriteError", "OSError") and any(kk.lower() in last.lower() for kk in keys):
             return "clear_error", one_line(last)
         return "traceback", one_line(last)
     if v is not None:

@@ -328,3 +328,8 @@ def test_a_damaged_numba_cache_is_recompiled_not_fatal(tmp_path, damage):
     for path in files:
         path.write_bytes(b"garbage")
     assert call() == first and call() == first
+
+
+def test_derive_refuses_what_is_not_a_spec():
+    with pytest.raises(TypeError, match="spec: expected a symbn.Spec"):
+        symbn.derive("batch")
