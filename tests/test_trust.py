@@ -333,3 +333,29 @@ def test_a_damaged_numba_cache_is_recompiled_not_fatal(tmp_path, damage):
 def test_derive_refuses_what_is_not_a_spec():
     with pytest.raises(TypeError, match="spec: expected a symbn.Spec"):
         symbn.derive("batch")
+
+
+_TOKENS = st.sampled_from(["x", "gamma", "beta", "eps", "mean(", "sum(", "sqrt(", "log(", "abs(", "exp(", "(", ")",
+                           "+", "-", "*", "/", "**", "^", "%", "#", '"""', "`", "\\", "\n", "0", "1", "2.5", "1e-5",
+                           "1e309", "9**9**9", "__import__", ".", ",", " "])
+_AXES = st.sampled_from(["0", "1", "0,1", "none", "-1", "9", "a", "", "0,0", "1,2,3"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(expression=st.lists(_TOKENS, min_size=1, max_size=12).map("".join), axes=_AXES, params=_AXES,
+       extra=st.sampled_from([[], ["--eps", "nan"], ["--eps", "-1"], ["--momentum", "2"], ["--groups", "0"],
+                              ["--ndim", "0"], ["--ddof", "1"], ["--layout", "NCHW"], ["--like", "layer"]]))
+def test_the_cli_answers_any_derive_in_one_line_or_a_derivation(expression, axes, params, extra):
+    import contextlib
+    import io
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = run("derive", expression, "--axes", axes, "--param-axes", params, *extra)
+    assert code in (0, 2), (code, err.getvalue())
+    assert "Traceback" not in err.getvalue() and "internal error" not in err.getvalue()
+    if code == 0:
+        assert "compact backward" in out.getvalue()
+    else:
+        last = err.getvalue().strip().splitlines()[-1]  # argparse prints its usage first
+        assert last.startswith(("symbn: error: ", "symbn derive: error: ")), err.getvalue()
