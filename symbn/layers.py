@@ -24,16 +24,17 @@ and counts >= 0) before the first array is written.
 
 from __future__ import annotations
 
+import errno
+import io
 import math
 import numbers
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from .output import load
+from .output import load, write_atomic
 from .spec import LAYOUTS, preset
 
 #: Default eps and momentum of each running-statistics convention.
@@ -82,22 +83,15 @@ class Layer:
         returns the path written. The file is written beside its destination and renamed into place, so a failed
         save leaves any earlier file whole."""
         path = npz_path(path)
-        state = self.state_dict()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            # os.open with mode 0o666: the file gets the permissions np.savez would give it (umask applied)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            if not path.parent.is_dir():  # save() makes no folders, as np.savez does not
+                code = errno.ENOTDIR if path.parent.exists() else errno.ENOENT
+                raise OSError(code, os.strerror(code))
+            buffer = io.BytesIO()
+            np.savez(buffer, **self.state_dict())
+            write_atomic(path, buffer.getvalue())
         except OSError as e:
             raise _os_error(e, f"path: cannot write {str(path)!r}") from e
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **state)
-            os.replace(tmp, path)
-        except BaseException as e:
-            tmp.unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise _os_error(e, f"path: cannot write {str(path)!r}") from e
-            raise
         return path
 
     def load(self, path) -> None:
@@ -255,7 +249,7 @@ def _bad(value: np.ndarray, where: np.ndarray) -> str:
     return f"{value[index]!r}{at}" + (f" ({int(where.sum())} such values)" if where.sum() > 1 else "")
 
 
-def _positive_int(name: str, value) -> int:
+def positive_int(name: str, value) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive integer; got {value!r}")
     return int(value)
@@ -405,7 +399,7 @@ class BatchNorm(_PerChannel):
         eps = CONVENTIONS[running]["eps"] if eps is None else check_eps(eps)
         momentum = CONVENTIONS[running]["momentum"] if momentum is None else check_momentum(momentum)
         track_running_stats = flag("track_running_stats", track_running_stats)
-        num_features = _positive_int("num_features", num_features)
+        num_features = positive_int("num_features", num_features)
         spec = preset("batch", _layout(layout), running=running, eps=eps, momentum=momentum)
         self.momentum, self.running = momentum, running
         super().__init__(spec, num_features, affine, backend, dtype, eps)
@@ -447,8 +441,8 @@ class GroupNorm(_PerChannel):
 
     def __init__(self, num_groups: int, num_channels: int, layout: str = "NCHW", *, eps: float = 1e-5,
                  affine: bool = True, backend: str = "numpy", dtype=np.float64):
-        num_groups = _positive_int("num_groups", num_groups)
-        num_channels = _positive_int("num_channels", num_channels)
+        num_groups = positive_int("num_groups", num_groups)
+        num_channels = positive_int("num_channels", num_channels)
         if num_channels % num_groups:
             raise ValueError(f"num_channels: expected a multiple of num_groups={num_groups}; got {num_channels}")
         self.num_groups = num_groups
@@ -467,7 +461,7 @@ class InstanceNorm(_PerChannel):
 
     def __init__(self, num_features: int, layout: str = "NCHW", *, eps: float = 1e-5, affine: bool = False,
                  backend: str = "numpy", dtype=np.float64):
-        num_features = _positive_int("num_features", num_features)
+        num_features = positive_int("num_features", num_features)
         spec = preset("instance", _layout(layout, ("NCL", "NCHW", "NHWC", "NCDHW")), eps=check_eps(eps))
         super().__init__(spec, num_features, affine, backend, dtype, eps)
 
@@ -495,7 +489,7 @@ class _Trailing(_Norm):
         if not shape:
             raise ValueError("normalized_shape: expected at least one axis; got ()")
         for n in shape:
-            _positive_int("normalized_shape", n)
+            positive_int("normalized_shape", n)
         self.normalized_shape = tuple(int(n) for n in shape)
         if math.prod(self.normalized_shape) < 2:
             raise ValueError(f"normalized_shape: expected more than 1 element to normalize; got {shape}")

@@ -16,13 +16,7 @@ import math
 
 import numpy as np
 
-from .layers import Layer, as_array, flag, float_dtype, real
-
-
-def _positive_int(name: str, n) -> int:
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"{name}: expected a positive integer; got {n!r}")
-    return int(n)
+from .layers import Layer, as_array, flag, float_dtype, positive_int, real
 
 
 def _rng(rng):
@@ -55,8 +49,8 @@ class Dense(Layer):
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, rng=None, dtype=np.float64):
-        in_features = _positive_int("in_features", in_features)
-        out_features = _positive_int("out_features", out_features)
+        in_features = positive_int("in_features", in_features)
+        out_features = positive_int("out_features", out_features)
         bias, dtype, rng = flag("bias", bias), float_dtype("dtype", dtype), _rng(rng)
         limit = np.sqrt(6.0 / (in_features + out_features))
         self.W = rng.uniform(-limit, limit, (in_features, out_features)).astype(dtype)

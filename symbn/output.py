@@ -44,16 +44,16 @@ def _mode() -> int:
     return 0o666 & ~umask
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside *path*, then rename: readers never see half a file, a failure leaves no
-    temporary file, and the file's mode follows the umask as a plain open() would."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write *text* (or bytes) to a temporary file beside *path*, then rename: readers never see half a file, a
+    failure leaves no temporary file, and the file's mode follows the umask as a plain open() would."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
             f.write(text)
         os.chmod(tmp, _mode())
         os.replace(tmp, path)
