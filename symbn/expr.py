@@ -241,6 +241,12 @@ def _canonical(tree: tuple) -> tuple[str, int]:
     return left + _SYMBOLS[kind] + right, level
 
 
+def excerpt(tree: tuple, width: int = 60) -> str:
+    """The canonical text of a subtree, cut to *width* characters, for an error message."""
+    text = canonical(tree)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _operand(tree: tuple, least: int) -> str:
     text, level = _canonical(tree)
     return text if level >= least else f"({text})"
@@ -347,8 +353,7 @@ class _Sizer:
         raise ExpressionError(self.text, problem)
 
     def where(self, tree: tuple) -> str:
-        text = canonical(tree)
-        return text if len(text) <= 60 else text[:57] + "..."
+        return excerpt(tree)
 
     def visit(self, tree: tuple) -> _Size:
         kind = tree[0]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from .expr import canonical, contains
+from .expr import contains, excerpt
 from .symbols import BETA, EPS, GAMMA, M, RESERVED, X, rsum, sym
 
 ELEM, STAT, REDUCE = "elem", "stat", "reduce"
@@ -149,7 +149,7 @@ class _Builder:
         elif problem and tree[0] == "pow" and e.has(sympy.zoo):
             problem = "division by zero (0 to a negative power)"
         if problem:
-            raise GraphError(self.text, f"{problem} in {_where(tree)}")
+            raise GraphError(self.text, f"{problem} in {excerpt(tree)}")
         return e
 
     def reduction(self, fn: str, arg: sympy.Expr) -> sympy.Symbol:
@@ -238,11 +238,6 @@ def _undefined(e: sympy.Expr) -> str | None:
                              for a in sympy.preorder_traversal(e)):
         return "a complex value"
     return None
-
-
-def _where(tree: tuple) -> str:
-    text = canonical(tree)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _sign(e: sympy.Expr, kind: str) -> dict[str, bool]:
