@@ -61,8 +61,11 @@ def test_staged_baseline_updates_running_statistics_like_the_module():
 
 
 def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
+    import importlib.util
+
     out_json, out_png = tmp_path / "bench.json", tmp_path / "chart.png"
-    assert cli.main(["bench", "--smoke", "--json", str(out_json), "--plot", str(out_png)]) == 0
+    plot = importlib.util.find_spec("matplotlib") is not None  # optional: the chart only where it is installed
+    assert cli.main(["bench", "--smoke", "--json", str(out_json), "--plot", str(out_png) if plot else "none"]) == 0
     text = capsys.readouterr().out
     for case in bench.CASES:
         assert case.name in text
@@ -88,7 +91,7 @@ def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
             assert r["speedup_vs_torch"]["min"] <= r["speedup_vs_torch"]["median"] <= r["speedup_vs_torch"]["max"]
         if r["impl"] == "symbn-numba":
             assert {"compiled", "loaded_from_cache"} <= set(r["jit"])
-    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" if plot else not out_png.exists()
 
 
 @pytest.mark.parametrize("argv, message", [
