@@ -1,12 +1,30 @@
-"""symbn: derive normalization layers symbolically and generate kernels from the derivation."""
+"""symbn: derive normalization layers symbolically and generate kernels from the derivation.
 
-__version__ = "0.1.0"  # first, because generated banners import it while the package initializes
+The public names load on first use, so `from symbn.layers import BatchNorm` with a cached module never imports SymPy.
+"""
 
-from .derive import Derivation, derive
-from .expr import ExpressionError
-from .graph import GraphError
-from .output import load
-from .spec import PRESETS, LAYOUTS, Spec, SpecError, custom, make, preset
+from symbn.version import __version__
 
-__all__ = ["Derivation", "derive", "ExpressionError", "GraphError", "PRESETS", "LAYOUTS", "Spec", "SpecError",
-           "custom", "load", "make", "preset", "__version__"]
+_PUBLIC = {
+    "Derivation": "symbn.core.derive", "derive": "symbn.core.derive", "ExpressionError": "symbn.core.expr",
+    "GraphError": "symbn.core.graph", "load": "symbn.codegen.store", "prove_all": "symbn.core.verify",
+    "PRESETS": "symbn.core.spec", "LAYOUTS": "symbn.core.spec", "Spec": "symbn.core.spec",
+    "SpecError": "symbn.core.spec", "custom": "symbn.core.spec", "make": "symbn.core.spec",
+    "preset": "symbn.core.spec",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'symbn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from . import spec as specs
-from .expr import ExpressionError
-from .graph import GraphError
+from symbn.core import spec as specs
+from symbn.core.expr import ExpressionError
+from symbn.core.graph import GraphError
 
 USAGE_ERRORS = (specs.SpecError, ExpressionError, GraphError)
 
@@ -54,15 +54,15 @@ def spec_from_args(a: argparse.Namespace) -> specs.Spec:
 
 
 def cmd_derive(a: argparse.Namespace) -> int:
-    from .derive import derive
-    from .report import render
+    from symbn.core.derive import derive
+    from symbn.core.describe import derivation_text
 
     if a.format != "text":
         return cmd_document(a)
     d = derive(spec_from_args(a))
-    sys.stdout.write(render(d))
+    sys.stdout.write(derivation_text(d))
     if a.prove:
-        from .verify import prove_all
+        from symbn.core.verify import prove_all
 
         print("\nproof (brute-force Jacobian of the expanded forward, exact rational inputs)")
         for proof in prove_all(d):
@@ -74,7 +74,7 @@ def cmd_document(a: argparse.Namespace) -> int:
     """symbn derive SPEC --format md|html|tex [-o DIR]: the derivation document, to DIR/NAME.EXT or stdout."""
     from pathlib import Path
 
-    from . import docs
+    from symbn.docgen import document as docs
 
     spec = spec_from_args(a)
     out = Path(a.output) if a.output else None
@@ -93,7 +93,7 @@ def cmd_docs(a: argparse.Namespace) -> int:
     the documents quote generated/ and measure it)."""
     from pathlib import Path
 
-    from . import docs
+    from symbn.docgen import document as docs
 
     out = Path(a.output)
     files, ok = docs.catalog_documents(jobs=a.jobs)
@@ -113,8 +113,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     import keyword
     from pathlib import Path
 
-    from .generate import BACKENDS, DTYPES, module_name, module_text
-    from .output import OverwriteError, catalog_jobs, stale, write_modules
+    from symbn.codegen.module import BACKENDS, DTYPES, module_name, module_text
+    from symbn.codegen.store import OverwriteError, catalog_jobs, stale, write_modules
 
     out = Path(a.output)
     if a.catalog:
@@ -157,8 +157,8 @@ def _quote(arg: str) -> str:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .checks import run
-    from .output import import_path
+    from symbn.codegen.check import run
+    from symbn.codegen.store import import_path
 
     failed = False
     for path in a.paths:
@@ -178,7 +178,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from .report import list_text
+    from symbn.core.describe import list_text
 
     sys.stdout.write(list_text())
     return 0
@@ -187,7 +187,8 @@ def cmd_list(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import bench, bench_report
+    from symbn.bench import harness as bench
+    from symbn.bench import report as bench_report
 
     def fail(message: str) -> int:
         print(f"symbn: error: {message}", file=sys.stderr)

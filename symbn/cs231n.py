@@ -26,9 +26,9 @@ import math
 
 import numpy as np
 
-from .layers import as_array, real
-from .output import load
-from .spec import preset
+from symbn.layers import as_array, real
+from symbn.codegen.store import load
+from symbn.core.spec import preset
 
 BACKEND = "numpy"  # assignment-sized arrays: the NumPy kernels need no compilation
 

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .layers import as_array, real
+from symbn.layers import as_array, real
 
 
 def _weight(W, what: str) -> np.ndarray:

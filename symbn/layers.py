@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .output import load, write_atomic
-from .spec import LAYOUTS, preset
+from symbn.codegen.store import load, write_atomic
+from symbn.core.spec import LAYOUTS, preset
 
 #: Default eps and momentum of each running-statistics convention.
 CONVENTIONS = {"pytorch": {"eps": 1e-5, "momentum": 0.1}, "keras": {"eps": 1e-3, "momentum": 0.99}}

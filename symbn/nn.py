@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .layers import Layer, as_array, flag, float_dtype, positive_int, real
+from symbn.layers import Layer, as_array, flag, float_dtype, positive_int, real
 
 
 def _rng(rng):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symbn.catalog import CATALOG
-from symbn.output import import_path
-from symbn.spec import LAYOUTS
+from symbn.codegen.catalogue import CATALOG
+from symbn.codegen.store import import_path
+from symbn.core.spec import LAYOUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("numpy", "numba")

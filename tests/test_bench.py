@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from symbn import bench, cli
-from symbn.checks import parameter_names
+from symbn import cli
+from symbn.bench import harness as bench
+from symbn.codegen.check import parameter_names
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 

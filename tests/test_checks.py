@@ -1,4 +1,4 @@
-"""symbn.checks never fails a correct kernel and keeps failing wrong ones.
+"""symbn.codegen.check never fails a correct kernel and keeps failing wrong ones.
 
 (a) Real generated modules pass every check: the catalogue, and specs that used to fail a correct kernel (a loss
 linear in x, where the Taylor remainder is pure rounding; two elements per group, where the gradient is tiny against
@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symbn import catalog, checks, load, make, preset
-from symbn.output import import_path
+from symbn import load, make, preset
+from symbn.codegen import catalogue as catalog
+from symbn.codegen import check as checks
+from symbn.codegen.store import import_path
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "generated"

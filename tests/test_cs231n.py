@@ -5,9 +5,17 @@ test mode, shapes, and numeric gradients in the assignment's style (central diff
 import numpy as np
 import pytest
 
-from symbn.cs231n import (batchnorm_backward, batchnorm_backward_alt, batchnorm_forward, layernorm_backward,
-                          layernorm_forward, spatial_batchnorm_backward, spatial_batchnorm_forward,
-                          spatial_groupnorm_backward, spatial_groupnorm_forward)
+from symbn.cs231n import (
+    batchnorm_backward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    layernorm_backward,
+    layernorm_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+    spatial_groupnorm_backward,
+    spatial_groupnorm_forward,
+)
 
 RNG = np.random.default_rng(231)
 

@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 import sympy
 
-from symbn import catalog, derive, docs, preset
+from symbn import preset
+from symbn.codegen import catalogue as catalog
+from symbn import derive
+from symbn.docgen import document as docs
 from symbn.cli import main
-from symbn.docfmt import WRITERS, tex_lines
-from symbn.evidence import kernel_excerpt
-from symbn.printers import latex_name
-from symbn.symbols import DY, GAMMA, XHAT, M, rsum
+from symbn.docgen.formats import WRITERS, tex_lines
+from symbn.docgen.evidence import kernel_excerpt
+from symbn.core.printing import latex_name
+from symbn.core.symbols import DY, GAMMA, XHAT, M, rsum
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -15,12 +15,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import symbn
-from symbn import cli, generate
-from symbn.derive import DX
-from symbn.expr import MAX_DIGITS, ExpressionError, canonical, parse
-from symbn.graph import GraphError
-from symbn.spec import CENTRED, RMS, SpecError
-from symbn.verify import DomainError, ProofError, prove
+from symbn import cli
+from symbn.codegen import module as generate
+from symbn.core.derive import DX
+from symbn.core.expr import MAX_DIGITS, ExpressionError, canonical, parse
+from symbn.core.graph import GraphError
+from symbn.core.spec import CENTRED, RMS, SpecError
+from symbn.core.verify import DomainError, ProofError, prove
 
 REFUSALS = (ExpressionError, GraphError, SpecError)
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from symbn import cli
-from symbn.expr import ExpressionError, parse
+from symbn.core.expr import ExpressionError, parse
 
 X, GAMMA, BETA, EPS = ("x",), ("gamma",), ("beta",), ("eps",)
 

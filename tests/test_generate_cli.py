@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from symbn import cli
-from symbn.output import import_path
+from symbn.codegen.store import import_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

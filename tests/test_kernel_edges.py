@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from symbn.catalog import CATALOG
-from symbn.output import import_path
-from symbn.spec import LAYOUTS
+from symbn.codegen.catalogue import CATALOG
+from symbn.codegen.store import import_path
+from symbn.core.spec import LAYOUTS
 
 from test_bad_input import ROOT, stat_shape
 
@@ -577,8 +577,8 @@ def test_update_running_on_its_own(name, backend):
 def test_a_module_whose_backward_needs_no_saved_statistic(backend, tmp_path):
     """eps/x - mean(x): dx = -(eps*dy/x**2 + sum(dy)/M) reads no statistic, so SAVED is empty; every signature and
     tuple of the templates still holds (it once printed `def backward(dy, x, , eps=...)`)."""
-    from symbn.generate import module_text
-    from symbn.spec import make
+    from symbn.codegen.module import module_text
+    from symbn.core.spec import make
 
     path = tmp_path / f"no_saved_{backend}.py"
     path.write_text(module_text(make("eps/x - mean(x)", axes=(0,), param_axes=()), backend))

@@ -1,11 +1,11 @@
-"""symbn.numpy_bodies: outputs written into their rows by in-place ufuncs give what evaluating the expression gives."""
+"""symbn.codegen.backends.numpy: outputs written into their rows by in-place ufuncs give what evaluating the expression gives."""
 
 import numpy as np
 import pytest
 import sympy
 
-from symbn.numpy_bodies import _in_place
-from symbn.printers import numpy_code
+from symbn.codegen.backends.numpy import _in_place
+from symbn.codegen.printers import numpy_code
 
 xs, dyc = sympy.symbols("xs dyc", real=True)
 k0, k1, k2, k3 = sympy.symbols("k0:4", real=True)

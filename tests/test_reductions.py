@@ -1,16 +1,16 @@
-"""symbn.reductions: the backward's sums split into coefficients times sums of monomials give the same numbers as
+"""symbn.codegen.reductions: the backward's sums split into coefficients times sums of monomials give the same numbers as
 the sums themselves, for every catalogue plan, with x shifted by its mean or not."""
 
 import numpy as np
 import pytest
 import sympy
 
-from symbn import catalog
-from symbn.derive import derive
-from symbn.elementwise import SHIFT, XS, Elementwise
-from symbn.lower import plan
-from symbn.reductions import split_sums
-from symbn.symbols import BETA, DY, GAMMA, M, X
+from symbn.codegen import catalogue as catalog
+from symbn.core.derive import derive
+from symbn.codegen.elementwise import SHIFT, XS, Elementwise
+from symbn.codegen.plan import plan
+from symbn.codegen.reductions import split_sums
+from symbn.core.symbols import BETA, DY, GAMMA, M, X
 
 
 def _values(free, rng, n):

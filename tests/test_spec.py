@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from symbn import spec as specs
-from symbn.derive import derive
-from symbn.expr import ExpressionError
-from symbn.graph import GraphError
-from symbn.spec import Spec, SpecError
+from symbn.core import spec as specs
+from symbn.core.derive import derive
+from symbn.core.expr import ExpressionError
+from symbn.core.graph import GraphError
+from symbn.core.spec import Spec, SpecError
 
 RMS = "x/sqrt(mean(x**2) + eps)"
 CENTRED = "gamma*(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps) + beta"

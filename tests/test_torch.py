@@ -1,6 +1,6 @@
 """Every catalogue module (NumPy and Numba backends) against PyTorch's functional normalizations.
 
-For each spec in ``symbn.catalog.CATALOG`` the generated module ``generated/{spec.name}_{backend}.py`` is run next to
+For each spec in ``symbn.codegen.catalogue.CATALOG`` the generated module ``generated/{spec.name}_{backend}.py`` is run next to
 ``F.batch_norm`` / ``F.layer_norm`` / ``F.instance_norm`` / ``F.group_norm`` / ``F.rms_norm`` on the same data, and
 y, the saved statistics, dx/dgamma/dbeta (PyTorch: autograd with the same upstream gradient dy) and the running
 statistics after one update are compared: float64 tightly, float32 loosely (PyTorch computes in float32, the module
@@ -23,9 +23,9 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from symbn.catalog import CATALOG  # noqa: E402
-from symbn.output import import_path  # noqa: E402
-from symbn.spec import LAYOUTS, PRESETS  # noqa: E402
+from symbn.codegen.catalogue import CATALOG  # noqa: E402
+from symbn.codegen.store import import_path  # noqa: E402
+from symbn.core.spec import LAYOUTS, PRESETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("numpy", "numba")

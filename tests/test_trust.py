@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 import symbn
 from symbn import cli, escape
-from symbn.docfmt import WRITERS
-from symbn.generate import module_text, stamp_problem
-from symbn.output import OverwriteError, UntrustedError, import_path, load, write_atomic, write_modules
+from symbn.docgen.formats import WRITERS
+from symbn.codegen.module import module_text
+from symbn.codegen.stamp import stamp_problem
+from symbn.codegen.store import OverwriteError, UntrustedError, import_path, load, write_atomic, write_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "symbn_injected_marker"
@@ -134,7 +135,7 @@ def test_a_command_line_cannot_break_out_of_the_banner_comment(tmp_path):
 @pytest.mark.parametrize("fmt", ["md", "html", "tex"])
 def test_documents_carry_the_canonical_expression_only(tmp_path, fmt, capsys):
     spec = symbn.make(PAYLOAD, axes=(0,), param_axes=())
-    from symbn import docs
+    from symbn.docgen import document as docs
 
     text, _ = docs.single(spec, fmt, None)
     assert MARKER not in text and "<script>" not in text and "/etc/passwd" not in text

@@ -3,10 +3,12 @@
 import pytest
 import sympy
 
-from symbn import SpecError, catalog, derive, make, preset
-from symbn.derive import DX
-from symbn.symbols import BETA, DY, EPS, GAMMA, X
-from symbn.verify import Interpreter, ProofError, index_sets, proof_shape, prove
+from symbn import SpecError, make, preset
+from symbn.codegen import catalogue as catalog
+from symbn import derive
+from symbn.core.derive import DX
+from symbn.core.symbols import BETA, DY, EPS, GAMMA, X
+from symbn.core.verify import Interpreter, ProofError, index_sets, proof_shape, prove
 
 PRESETS = catalog.preset_specs()
 CUSTOM = catalog.custom_specs()

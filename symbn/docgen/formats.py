@@ -1,6 +1,6 @@
 """One small writer per document format: how text, code, inline and display mathematics and links are spelled.
 
-The document context is built once in symbn/docs.py from *prose*: plain sentences in which ``$...$`` marks LaTeX and
+The document context is built once in symbn/docgen/document.py from *prose*: plain sentences in which ``$...$`` marks LaTeX and
 backticks mark code. A writer turns prose into its format, so the templates only lay out finished strings and the
 three formats can never say different things.
 """
@@ -12,8 +12,8 @@ import re
 import sympy
 from sympy.printing.latex import LatexPrinter
 
-from . import escape
-from .printers import latex_name
+from symbn import escape
+from symbn.core.printing import latex_name
 
 LONG = 240  # characters of LaTeX beyond which a formula is split into lines where the format allows it
 

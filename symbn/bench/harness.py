@@ -13,8 +13,8 @@ Per case, dtype and pass (forward-train, backward, forward+backward, inference) 
 Runs are interleaved round by round, so each PyTorch run has a partner run of every other implementation taken at
 nearly the same moment; speed-ups are medians of those pairwise ratios. Every timed run starts with cold caches
 (bandwidth.ColdCache), so no implementation inherits the inputs its predecessor left in cache. The machine's
-streaming bandwidth is measured in the same process (symbn.bandwidth) and every kernel is also reported as GB/s over
-the least bytes its pass must move. Tables, the JSON file and the chart are in symbn.bench_report.
+streaming bandwidth is measured in the same process (symbn.bench.bandwidth) and every kernel is also reported as GB/s over
+the least bytes its pass must move. Tables, the JSON file and the chart are in symbn.bench.report.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bandwidth
-from .checks import parameter_names
-from .generate import recorded_hash
-from .spec import CENTRED, LAYOUTS, PRESETS, RMS, Spec, preset
+from symbn.bench import bandwidth
+from symbn.codegen.check import parameter_names
+from symbn.codegen.stamp import recorded_hash
+from symbn.codegen.store import cache_dir, load
+from symbn.core.spec import CENTRED, LAYOUTS, PRESETS, RMS, Spec, preset
 
 PASSES = ("forward", "backward", "forward+backward", "inference")
 IMPLS = ("naive-numpy", "symbn-numpy", "symbn-numba", "symbn-numba-out", "torch")
 DTYPES = ("float32", "float64")
-GENERATED = Path(__file__).resolve().parents[1] / "generated"
 
 
 class BenchError(ValueError):
@@ -296,13 +296,10 @@ def _torch():
 
 def load_module(spec: Spec, backend: str):
     """The committed module in generated/ for catalogue specs (what users get), else one generated into the cache."""
-    from .catalog import CATALOG
-    from .output import import_path, load
+    from symbn.codegen.store import import_path, module_file
 
-    path = GENERATED / f"{spec.name}_{backend}.py"
-    if spec in CATALOG and path.exists():
-        return import_path(path, f"symbn_bench_{spec.name}_{backend}")
-    return load(spec, backend)
+    path, from_catalogue = module_file(spec, backend)
+    return import_path(path, f"symbn_bench_{spec.name}_{backend}") if from_catalogue else load(spec, backend)
 
 
 # --- measurement --------------------------------------------------------------------------------------------------
@@ -325,7 +322,8 @@ def _provenance(module) -> dict | None:
         return None
     path = Path(module.__file__)
     digest = recorded_hash(path.read_text())
-    return {"file": path.name, "from": "generated" if path.parent == GENERATED else "cache", "content_hash": digest}
+    cached = path.resolve().is_relative_to(cache_dir().resolve())
+    return {"file": path.name, "from": "cache" if cached else "generated", "content_hash": digest}
 
 
 def _jit_counts(module) -> tuple[int, int]:

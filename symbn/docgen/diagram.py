@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import sympy
 
-from .docfmt import tex as latex  # documents print products visibly
-from .graph import ELEM, Graph
-from .printers import latex_name
-from .symbols import X
+from symbn.docgen.formats import tex as latex  # documents print products visibly
+from symbn.core.graph import ELEM, Graph
+from symbn.core.printing import latex_name
+from symbn.core.symbols import X
 
 PARAM_LANE, ELEM_LANE, STAT_LANE = 0, 1, 2
 _UNICODE = {"gamma": "γ", "beta": "β", "mu": "μ", "eps": "ε", "xhat": "x̂", "momentum": "m"}

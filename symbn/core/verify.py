@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from .derive import DBETA, DGAMMA, DX, Derivation, Program
-from .graph import GraphError
-from .symbols import BETA, DY, EPS, GAMMA, M, MOMENTUM, X, psum, rsum
+from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, Program
+from symbn.core.graph import GraphError
+from symbn.core.symbols import BETA, DY, EPS, GAMMA, M, MOMENTUM, X, psum, rsum
 
 
 @dataclass(frozen=True)

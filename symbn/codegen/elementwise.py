@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import sympy
 
-from .lower import Plan
-from .printers import cse
-from .symbols import BETA, DY, GAMMA, X
+from symbn.codegen.plan import Plan
+from symbn.codegen.printers import cse
+from symbn.core.symbols import BETA, DY, GAMMA, X
 
 XS = sympy.Symbol("xs", real=True)  # x minus its shift, in the input's dtype
 SHIFT = sympy.Symbol("shift", real=True)  # the shift: a mean of x rounded to the input's dtype

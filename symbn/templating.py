@@ -12,7 +12,7 @@ def templates_dir() -> Path:
     """templates/ beside the package in a source checkout; symbn/templates inside an installed wheel."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "templates", here.parent / "templates"):
-        if (candidate / "module.py.j2").is_file():
+        if (candidate / "kernels" / "module.py.j2").is_file():
             return candidate
     raise FileNotFoundError(f"symbn templates not found next to {here}")
 

@@ -2,7 +2,7 @@
 
 The text is parsed with :func:`ast.parse` (which only builds a syntax tree) and then walked with a whitelist: every
 node type, name and call is checked before anything is built, so user text is never evaluated as Python.
-The result is a small immutable tree of tuples that :mod:`symbn.graph` lowers into a forward graph.
+The result is a small immutable tree of tuples that :mod:`symbn.core.graph` lowers into a forward graph.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .generate import BACKENDS, input_digest, module_name, module_text, stamp_problem
-from .spec import Spec
+from symbn.codegen.module import BACKENDS, module_name, module_text
+from symbn.codegen.stamp import input_digest, stamp_problem
+from symbn.core.spec import Spec
 
 
 class OverwriteError(FileExistsError):
@@ -92,7 +93,7 @@ def write_modules(jobs: list[tuple[Path, str]], force: bool = False) -> list[Pat
 
 
 def catalog_jobs(out_dir: Path) -> list[tuple[Path, str]]:
-    from .catalog import CATALOG
+    from symbn.codegen.catalogue import CATALOG
 
     return [(out_dir / f"{module_name(spec, backend)}.py", module_text(spec, backend))
             for spec in CATALOG for backend in BACKENDS]
@@ -143,6 +144,20 @@ def import_path(path: Path, name: str | None = None, trust: bool = False):
         del sys.modules[name]
         raise
     return module
+
+
+CATALOGUE_DIR = Path("generated")  # where `symbn generate --catalog` writes, relative to the current directory
+
+
+def module_file(spec: Spec, backend: str, generated: Path = CATALOGUE_DIR) -> tuple[Path, bool]:
+    """The committed catalogue module generated/NAME_BACKEND.py when *spec* is a catalogue entry and the file is
+    there (what users of a checkout get), else the module symbn.load caches; and whether it came from *generated*."""
+    from symbn.codegen.catalogue import CATALOG
+
+    path = Path(generated) / f"{module_name(spec, backend)}.py"
+    if spec in CATALOG and path.is_file():
+        return path, True
+    return Path(load(spec, backend).__file__), False
 
 
 def load(spec: Spec, backend: str = "numba"):

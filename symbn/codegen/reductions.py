@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sympy
 
-from .elementwise import SHIFT, XS, Elementwise
-from .lower import Plan
-from .symbols import BETA, DY, GAMMA, M, X
+from symbn.codegen.elementwise import SHIFT, XS, Elementwise
+from symbn.codegen.plan import Plan
+from symbn.core.symbols import BETA, DY, GAMMA, M, X
 
 # a per-set shift: the set's first value (a name the graph never gives a node, so it cannot shadow a statistic)
 FIRST = sympy.Symbol("x0", real=True)

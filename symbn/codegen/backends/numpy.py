@@ -1,21 +1,21 @@
 """Function bodies of the NumPy backend. Every pass over the input runs in chunks of rows of the first block, so
 temporaries stay in cache instead of making whole-array round trips to memory. When the first block is kept, a chunk
 holds whole statistics and every pass of a forward or backward runs while the chunk is in cache; when it is reduced,
-statistics span chunks, and the statistics of the forward take one pass (symbn.reductions). Elementwise work:
-symbn.elementwise."""
+statistics span chunks, and the statistics of the forward take one pass (symbn.codegen.reductions). Elementwise work:
+symbn.codegen.elementwise."""
 
 from __future__ import annotations
 
 import sympy
 
-from .elementwise import SHIFT, Elementwise
-from .lower import Plan
-from .printers import numpy_code
-from .reductions import gradient_sums, moments, split_sums
-from .symbols import BETA, DY, GAMMA, X
+from symbn.codegen.elementwise import SHIFT, Elementwise
+from symbn.codegen.plan import Plan
+from symbn.codegen.printers import numpy_code
+from symbn.codegen.reductions import gradient_sums, moments, split_sums
+from symbn.core.symbols import BETA, DY, GAMMA, X
 
 
-def numpy_statements(p: Plan) -> dict:
+def statements(p: Plan) -> dict:
     return _NumpyBodies(p).context()
 
 
@@ -40,7 +40,7 @@ class _NumpyBodies:
         return self.ew.output(e, shifted, loop.coefficient)
 
     def lowered(self, exprs, loop, shifted: bool) -> tuple[list[str], list[sympy.Expr]]:
-        """Lines for the shared elementwise parts of *exprs*, and the expressions left (symbn.elementwise)."""
+        """Lines for the shared elementwise parts of *exprs*, and the expressions left (symbn.codegen.elementwise)."""
         shared, reduced = self.ew.lowered(exprs, loop.coefficient, shifted)
         return [f"{s} = {self.code(v)}" for s, v in shared], list(reduced)
 
@@ -104,7 +104,7 @@ class _NumpyBodies:
         return out + self.map_pass("y", p.y, [], shifted)
 
     def forward_moments(self, power_sums: dict) -> list[str]:
-        """Statistics spanning the chunks, from one pass of power sums of d = x - x0 (symbn.reductions.moments);
+        """Statistics spanning the chunks, from one pass of power sums of d = x - x0 (symbn.codegen.reductions.moments);
         d is formed in the input's dtype, where it is exact or nearly so (x0 is a value of the set), and summed in
         float64."""
         red = "axis=_RED, dtype=np.float64, keepdims=True"
@@ -160,7 +160,7 @@ class _NumpyBodies:
         return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted)
 
     def taken_from_stats(self, sums, param_sums):
-        """The parameter gradients that are statistics' sums added up (symbn.reductions.gradient_sums), as
+        """The parameter gradients that are statistics' sums added up (symbn.codegen.reductions.gradient_sums), as
         (gradient, statistic) pairs, and the parameter sums left to do."""
         index = gradient_sums(self.ew, sums, param_sums)
         return ([(s, sums[i][0]) for (s, _), i in zip(param_sums, index) if i is not None],

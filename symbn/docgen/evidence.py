@@ -15,10 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .spec import Spec
+from symbn.core.spec import Spec
 
-ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ROOT / "generated"  # the committed catalogue modules, in a source checkout
 BACKWARD = "_backward"  # the private entry point backward() hands the blocked arrays to
 
 
@@ -37,18 +35,18 @@ class ModuleChecks:
     from_catalog: bool  # True: generated/NAME.py; False: generated on the fly into symbn's cache
     content_hash: str
     shape: tuple[int, ...]
-    results: tuple  # symbn.checks.Result
+    results: tuple  # symbn.codegen.check.Result
 
 
 def proof_sizes() -> tuple[int, ...]:
-    from .verify import prove_all
+    from symbn.core.verify import prove_all
 
     return tuple(inspect.signature(prove_all).parameters["sizes"].default)
 
 
 def _prove_one(spec: Spec, size: int) -> ProofOutcome:
-    from .derive import derive
-    from .verify import ProofError, prove_all
+    from symbn.core.derive import derive
+    from symbn.core.verify import ProofError, prove_all
 
     try:
         (proof,) = prove_all(derive(spec), sizes=(size,))  # the seed prove_all gives this size
@@ -73,26 +71,14 @@ def prove_many(specs: list[Spec], jobs: int | None = None) -> dict[Spec, list[Pr
     return out
 
 
-def module_path(spec: Spec, backend: str, generated: Path = GENERATED) -> tuple[Path, bool]:
-    """generated/NAME_BACKEND.py for a catalogue spec when it exists; otherwise the module symbn.load caches."""
-    from .catalog import CATALOG
-
-    path = generated / f"{spec.name}_{backend}.py"
-    if spec in CATALOG and path.is_file():
-        return path, True
-    from .output import load
-
-    return Path(load(spec, backend).__file__), False
-
-
-def measure(spec: Spec, generated: Path = GENERATED) -> list[ModuleChecks]:
-    """symbn.checks.run (fixed seed 0) on the NumPy and the Numba module of *spec*."""
-    from . import checks
-    from .output import import_path
+def measure(spec: Spec, generated: Path) -> list[ModuleChecks]:
+    """symbn.codegen.check.run (fixed seed 0) on the NumPy and the Numba module of *spec*."""
+    from symbn.codegen import check as checks
+    from symbn.codegen.store import import_path, module_file
 
     out = []
     for backend in ("numpy", "numba"):
-        path, from_catalog = module_path(spec, backend, generated)
+        path, from_catalog = module_file(spec, backend, generated)
         text = path.read_text()
         module = import_path(path, f"symbn_docs_{path.stem}_{recorded_hash(text)}")
         out.append(ModuleChecks(backend, path, from_catalog, recorded_hash(text),
@@ -101,7 +87,7 @@ def measure(spec: Spec, generated: Path = GENERATED) -> list[ModuleChecks]:
 
 
 def recorded_hash(text: str) -> str:
-    from .generate import recorded_hash
+    from symbn.codegen.stamp import recorded_hash
 
     return recorded_hash(text) or "none recorded"
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .derive import Derivation
-from .graph import ELEM, REDUCE
-from .printers import text
-from .spec import LAYOUTS, PRESETS, Spec
+from symbn.core.derive import Derivation
+from symbn.core.graph import ELEM, REDUCE
+from symbn.core.printing import text
+from symbn.core.spec import LAYOUTS, PRESETS, Spec
 
 _KIND = {ELEM: "per element", REDUCE: "statistic", "stat": "per statistic"}
 
@@ -52,7 +52,7 @@ def _switched(spec: Spec) -> str:
     return f"   with {', '.join(off)}" if off else ""
 
 
-def render(d: Derivation) -> str:
+def derivation_text(d: Derivation) -> str:
     spec = d.spec
     out = describe_spec(spec)
     out += ["", "forward graph"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .spec import LAYOUTS, PRESETS, Spec, SpecError, make, preset
+from symbn.core.spec import LAYOUTS, PRESETS, Spec, SpecError, make, preset
 
 #: Custom forward expressions the proofs cover, with explicit axes: (id, expression, options).
 CUSTOM = (

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import sympy
 
-from . import graph as graphs
-from .graph import ELEM, REDUCE, Graph, Node
-from .spec import Spec
-from .symbols import BETA, DY, GAMMA, M, MOMENTUM, X, XHAT, psum, rsum, sym
+from symbn.core import graph as graphs
+from symbn.core.graph import ELEM, REDUCE, Graph, Node
+from symbn.core.spec import Spec
+from symbn.core.symbols import BETA, DY, GAMMA, M, MOMENTUM, X, XHAT, psum, rsum, sym
 
 DX, DGAMMA, DBETA = sym("dx"), sym("dgamma"), sym("dbeta")
 
@@ -87,7 +87,7 @@ class Derivation:
     @property
     def latex(self) -> dict[str, str]:
         """Every derived expression as LaTeX, keyed by the name it is assigned to."""
-        from .printers import latex
+        from symbn.core.printing import latex
 
         out = {n.name: latex(n.expr) for n in self.graph.nodes}
         for program in (self.staged, self.coordinates, self.reductions, self.compact, self.running):

@@ -10,7 +10,7 @@ import math
 import numbers
 from dataclasses import dataclass, field, replace
 
-from . import expr
+from symbn.core import expr
 
 CENTRED = "(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps)"
 RMS = "x/sqrt(mean(x**2) + eps)"

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import sympy
 
-from .derive import DX, Derivation
-from .graph import ELEM, REDUCE
-from .symbols import BETA, EPS, GAMMA, M, rsum
+from symbn.core.derive import DX, Derivation
+from symbn.core.graph import ELEM, REDUCE
+from symbn.core.symbols import BETA, EPS, GAMMA, M, rsum
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import sympy
 
-from .expr import contains, excerpt
-from .symbols import BETA, EPS, GAMMA, M, RESERVED, X, rsum, sym
+from symbn.core.expr import contains, excerpt
+from symbn.core.symbols import BETA, EPS, GAMMA, M, RESERVED, X, rsum, sym
 
 ELEM, STAT, REDUCE = "elem", "stat", "reduce"
 

@@ -1,0 +1,1 @@
+"""The benchmark: symbn against naive NumPy, PyTorch and the memory bandwidth."""

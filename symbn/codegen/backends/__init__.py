@@ -1,0 +1,1 @@
+"""One printer per backend: each turns the plan into the statements its template lays out."""

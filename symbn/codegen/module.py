@@ -1,0 +1,111 @@
+"""Kernel modules from a plan: the template context (plain strings, lists, booleans) and the rendered text."""
+
+from __future__ import annotations
+
+import sympy
+
+from symbn import escape
+from symbn.codegen import stamp
+from symbn.codegen.backends import numba as numba_backend
+from symbn.codegen.backends import numpy as numpy_backend
+from symbn.codegen.plan import Plan, plan
+from symbn.codegen.printers import numpy_code
+from symbn.codegen.stamp import DTYPES, input_digest
+from symbn.core.derive import DX, derive
+from symbn.core.describe import axis_names, describe_spec, set_size_text
+from symbn.core.printing import text
+from symbn.core.spec import Spec
+from symbn.core.symbols import BETA, DY, GAMMA, MOMENTUM, X
+from symbn.templating import render
+from symbn.version import __version__
+
+BACKENDS = ("numpy", "numba")
+
+_RUNNING_RULES = {
+    "pytorch": "r <- (1 - momentum)*r + momentum*s, central moments corrected by M/(M-1)",
+    "keras": "r <- momentum*r + (1 - momentum)*s, uncorrected",
+}
+_NUMPY_NAMES = {X: "xb", DY: "dyb"}
+
+
+def module_name(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> str:
+    return f"{spec.name}_{backend}" + ("" if tuple(dtypes) == DTYPES else "_" + "_".join(dtypes))
+
+
+def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog",
+                dtypes: tuple[str, ...] = DTYPES) -> str:
+    """The generated module for *spec* and *backend*, with its banner and content hash."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
+    if not dtypes or any(t not in DTYPES for t in dtypes):
+        raise ValueError(f"dtype: expected some of {', '.join(DTYPES)}; got {', '.join(map(str, dtypes)) or 'none'}")
+    p = plan(derive(spec))
+    ctx = _context(p, backend, command)
+    ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
+    ctx["digest"] = input_digest(spec, backend, dtypes)
+    ctx["module_id"] = f"{module_name(spec, backend, dtypes)}_{ctx['digest']}"
+    ctx["dtype_text"] = " or ".join(dtypes)
+    body = render("kernels/module.py.j2", ctx)
+    return stamp.stamped(body)
+
+
+def _context(p: Plan, backend: str, command: str) -> dict:
+    spec, d = p.spec, p.derivation
+    reductions = [n.symbol for n in d.graph.reductions]
+    running = [r.name for r, _, _ in p.running]
+    params = [leaf.name for leaf in (GAMMA, BETA) if leaf in d.graph.leaves]
+    names = axis_names(spec)
+    counts = d.op_counts
+    formulas = [f"{s} = {text(e)}" for s, e in d.coordinates + d.reductions + d.compact]
+    formulas += [f"eval mode: {s} = {text(e)}" for s, e in d.eval_mode if s == DX]
+    formulas += [f"{s} <- {text(e)}" for s, e in d.running]
+    eval_lines = [(r.name, run) for r, run in zip(reductions, running)]
+    eval_lines += [(s.symbol.name, numpy_code(s.expr, {})) for s in p.eval_steps]
+    ctx = dict(
+        symbn_version=__version__, sympy_version=sympy.__version__, spec_name=escape.python_comment(spec.name),
+        backend_template=f"kernels/{backend}.py.j2", command=escape.python_comment(command),
+        title=escape.python_docstring(
+            f"{spec.name}: {spec.preset + ' norm' if spec.preset else 'custom normalization'}, {backend} backend."),
+        description=[escape.python_docstring(line) for line in describe_spec(spec)], numba=backend == "numba",
+        shape_text="(" + ", ".join(names) + ")",
+        stat_shape_text=_blocks_text(p, names, lambda b: not b.reduced),
+        param_shape_text="(" + ", ".join(names[a] for a in spec.param_axes) + ("," if len(spec.param_axes) == 1 else "") + ")",
+        set_size_text=set_size_text(spec),
+        sig_params="x, " + "".join(f"{q}, " for q in params), sig_gamma="gamma, " if "gamma" in params else "",
+        params=params, has_gamma="gamma" in params, has_beta="beta" in params,
+        grads=["dx"] + ["d" + q for q in params],
+        grads_tuple="(" + ", ".join(["dx"] + ["d" + q for q in params]) + ("," if not params else "") + ")",
+        running_rule=_RUNNING_RULES[spec.running],
+        saved=[s.name for s in p.saved], saved_tuple=repr(tuple(s.name for s in p.saved)),
+        running=running, running_tuple=repr(tuple(running)), running_convention=spec.running,
+        batch_stats=[r.name for r in reductions], train_out=numpy_backend.train_out(p),
+        eval_stats=[s.name for s in p.eval_stats], eval_steps=eval_lines,
+        running_updates=[(r.name, numpy_code(e, {MOMENTUM: "momentum"})) for r, _, e in p.running],
+        central=any(n.central for n in d.graph.reductions),
+        ndim=spec.ndim, layout=repr(spec.layout), reduce_axes=repr(spec.reduce_axes),
+        param_axes=repr(spec.param_axes), groups=repr(spec.groups), channel_axis=repr(spec.channel_axis),
+        blocks=repr(tuple((b.axes, b.split, b.reduced, b.param) for b in p.blocks)),
+        eps=repr(spec.eps), momentum=repr(spec.momentum), formulas=[escape.python_docstring(f) for f in formulas],
+        ops=dict(forward=counts["forward"]["per_element"], backward=counts["backward"]["per_element"]),
+    )
+    ctx["reduced_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if b.reduced))
+    ctx["nonparam_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if not b.param))
+    needed = d.graph.nodes[:-1] if BETA in d.graph.leaves else d.graph.nodes  # y = ... + beta: its value is unused
+    ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in needed]
+    ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
+    if backend == "numpy":
+        ctx["np"] = numpy_backend.statements(p)
+    else:
+        ctx["nb"] = numba_backend.statements(p)
+    return ctx
+
+
+def _blocks_text(p: Plan, names: list[str], keep) -> str:
+    parts = []
+    for b in p.blocks:
+        if keep(b):
+            label = "*".join(names[a] for a in b.axes)
+            parts.append("G" if b.split == "groups" else f"{label}/G" if b.split == "within" else label)
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+

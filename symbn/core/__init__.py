@@ -1,0 +1,1 @@
+"""The mathematics: specs, safe expressions, the forward graph, reverse mode, proofs."""

@@ -1,0 +1,1 @@
+"""Derivation documents from what the derivation records: one writer per format."""
