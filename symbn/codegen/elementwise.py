@@ -78,10 +78,8 @@ class Elementwise:
                 [self.hoist(e, coefficient) for e in reduced])
 
     def used(self, exprs) -> set:
-        used = set().union(*(e.free_symbols for e in exprs))
-        for c, e in self.p.coordinates:
-            if c in used:
-                used |= e.free_symbols
+        """The symbols *exprs* read (symbn.codegen.plan.Plan.used); xs reads x."""
+        used = self.p.used(exprs)
         return used | ({X} if XS in used else set())
 
     def output(self, e: sympy.Expr, shifted: bool, coefficient: Coefficient) -> sympy.Expr:

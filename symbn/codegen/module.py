@@ -8,7 +8,8 @@ from symbn import escape
 from symbn.codegen import stamp
 from symbn.codegen.backends import numba as numba_backend
 from symbn.codegen.backends import numpy as numpy_backend
-from symbn.codegen.plan import Plan, plan
+from symbn.codegen.lowering import Lowering, lower
+from symbn.codegen.plan import plan
 from symbn.codegen.printers import numpy_code
 from symbn.codegen.stamp import DTYPES, input_digest
 from symbn.core.derive import DX, derive
@@ -39,8 +40,7 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
     if not dtypes or any(t not in DTYPES for t in dtypes):
         raise ValueError(f"dtype: expected some of {', '.join(DTYPES)}; got {', '.join(map(str, dtypes)) or 'none'}")
-    p = plan(derive(spec))
-    ctx = _context(p, backend, command)
+    ctx = _context(lower(plan(derive(spec))), backend, command)
     ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
     ctx["digest"] = input_digest(spec, backend, dtypes)
     ctx["module_id"] = f"{module_name(spec, backend, dtypes)}_{ctx['digest']}"
@@ -49,7 +49,8 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
     return stamp.stamped(body)
 
 
-def _context(p: Plan, backend: str, command: str) -> dict:
+def _context(lw: Lowering, backend: str, command: str) -> dict:
+    p = lw.plan
     spec, d = p.spec, p.derivation
     reductions = [n.symbol for n in d.graph.reductions]
     running = [r.name for r, _, _ in p.running]
@@ -78,7 +79,7 @@ def _context(p: Plan, backend: str, command: str) -> dict:
         running_rule=_RUNNING_RULES[spec.running],
         saved=[s.name for s in p.saved], saved_tuple=repr(tuple(s.name for s in p.saved)),
         running=running, running_tuple=repr(tuple(running)), running_convention=spec.running,
-        batch_stats=[r.name for r in reductions], train_out=numpy_backend.train_out(p),
+        batch_stats=[r.name for r in reductions], train_out=[s.name for s in p.train_out],
         eval_stats=[s.name for s in p.eval_stats], eval_steps=eval_lines,
         running_updates=[(r.name, numpy_code(e, {MOMENTUM: "momentum"})) for r, _, e in p.running],
         central=any(n.central for n in d.graph.reductions),
@@ -94,13 +95,13 @@ def _context(p: Plan, backend: str, command: str) -> dict:
     ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in needed]
     ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
     if backend == "numpy":
-        ctx["np"] = numpy_backend.statements(p)
+        ctx["np"] = numpy_backend.statements(lw)
     else:
-        ctx["nb"] = numba_backend.statements(p)
+        ctx["nb"] = numba_backend.statements(lw)
     return ctx
 
 
-def _blocks_text(p: Plan, names: list[str], keep) -> str:
+def _blocks_text(p, names: list[str], keep) -> str:
     parts = []
     for b in p.blocks:
         if keep(b):

@@ -58,6 +58,21 @@ class Plan:
     def spec(self):
         return self.derivation.spec
 
+    def used(self, exprs) -> set:
+        """The symbols *exprs* read, with those of the coordinates they use (xhat reads x and the statistics)."""
+        used = set().union(*(e.free_symbols for e in exprs))
+        for c, e in self.coordinates:
+            if c in used:
+                used |= e.free_symbols
+        return used
+
+    @property
+    def train_out(self) -> tuple[sympy.Symbol, ...]:
+        """Statistics forward_train hands on: the saved ones and every batch reduction, in graph order."""
+        order = [n.symbol for n in self.derivation.graph.nodes]
+        chosen = set(self.saved) | {n.symbol for n in self.derivation.graph.reductions}
+        return tuple(sorted(chosen, key=order.index))
+
     @property
     def has_gamma(self) -> bool:
         return GAMMA in self.derivation.graph.leaves

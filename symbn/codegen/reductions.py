@@ -4,23 +4,36 @@ than xhat."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import sympy
 
 from symbn.codegen.elementwise import SHIFT, XS, Elementwise
-from symbn.codegen.plan import Plan
+from symbn.codegen.plan import Plan, StatStep
 from symbn.core.symbols import BETA, DY, GAMMA, M, X
+
+
+@dataclass(frozen=True)
+class Moments:
+    """The forward's statistics from one pass of power sums p1 .. p<degree> of d = x - x0."""
+
+    degree: int
+    steps: tuple[StatStep, ...]  # the forward's steps, each reduction's summand replaced by its total in the sums
+
 
 # a per-set shift: the set's first value (a name the graph never gives a node, so it cannot shadow a statistic)
 FIRST = sympy.Symbol("x0", real=True)
 
 
-def moments(p: Plan, code) -> dict | None:
+def moments(p: Plan) -> Moments | None:
     """One pass for every statistic, where each reduction sums a polynomial in x: the pass adds up the powers of
     d = x - x0, x0 the first value of the set (of the column, in column layouts), and each reduction follows from
     those sums (the mean is x0 + sum(d)/M, the variance sum(d**2)/M - (sum(d)/M)**2). With x0 a value of the set,
-    the cancellation in that difference is (x0 - mean)**2 / variance: a few bits, not the mean's magnitude. None
-    when there is one reduction (it is one pass already) or a summand is not a polynomial in x (mean absolute
-    deviation): then each reduction takes its own pass. *code* prints a SymPy expression for the backend."""
+    the cancellation in that difference is (x0 - mean)**2 / variance: a few bits, not the mean's magnitude. Returns
+    the forward's steps with each reduction's summand replaced by its total in the power sums p1, p2, ... (power_sum),
+    or None when there is one reduction (it is one pass already) or a summand is not a polynomial in x (mean
+    absolute deviation): then each reduction takes its own pass."""
     powers = []
     for step in p.train_steps:
         if step.reduce:
@@ -31,22 +44,32 @@ def moments(p: Plan, code) -> dict | None:
             powers.append(poly)
     if len(powers) < 2:
         return None
-    degree = max(poly.degree() for poly in powers)
-    sums = [sympy.Symbol(f"p{k}", real=True) for k in range(1, degree + 1)]
     totals = iter(powers)
     steps = []
     for step in p.train_steps:
         if step.reduce:
             # coefficients stay factored in (mean - x0): expanded, M*(mu**2 - 2*mu*x0 + x0**2) would cancel digits
-            total = sum((sympy.factor(c) * (M if k == 0 else sums[k - 1]) for (k,), c in next(totals).terms()),
+            total = sum((sympy.factor(c) * (M if k == 0 else power_sum(k)) for (k,), c in next(totals).terms()),
                         sympy.Integer(0))
-            steps.append((step.symbol.name, f"({code(total)}) / ({code(step.denominator)})"))
+            steps.append(StatStep(step.symbol, total, True, step.denominator))
         else:
-            steps.append((step.symbol.name, code(step.expr)))
-    return dict(degree=degree, steps=steps, powers=["*".join(["d"] * k) for k in range(1, degree + 1)])
+            steps.append(step)
+    return Moments(max(poly.degree() for poly in powers), tuple(steps))
 
 
-def split_sums(ew: Elementwise, summands, shifted: bool) -> tuple[list, list] | None:
+def power_sum(k: int) -> sympy.Symbol:
+    """The sum of the k-th powers of d = x - x0 over a set."""
+    return sympy.Symbol(f"p{k}", real=True)
+
+
+class Split(NamedTuple):
+    """Sums over a set as coefficients fixed per statistic times sums of monomials in the elementwise inputs."""
+
+    monomials: list[tuple[sympy.Symbol, sympy.Expr]]  # (the name of its sum, monomial)
+    totals: list[sympy.Expr]  # each sum in terms of those names
+
+
+def split_sums(ew: Elementwise, summands, shifted: bool) -> Split | None:
     """Each summand as a sum of coefficients fixed per statistic times monomials in the elementwise inputs:
     sum(dy*xhat) = istd*(sum(dy*xs) - (mu - shift)*sum(dy)). Returns ((q0, monomial), (q1, monomial), ...: each
     distinct monomial and the name of its sum over the set; each summand's sum in terms of those names), or None
@@ -70,7 +93,7 @@ def split_sums(ew: Elementwise, summands, shifted: bool) -> tuple[list, list] | 
                 continue
             total += ew.tidy(c) * names.setdefault(m, sympy.Symbol(f"q{len(names)}", real=True))
         totals.append(total)
-    return ([(q, m) for m, q in names.items()], totals) if len(names) <= len(summands) else None
+    return Split([(q, m) for m, q in names.items()], totals) if len(names) <= len(summands) else None
 
 
 def gradient_sums(ew: Elementwise, sums, param_sums) -> list[int | None]:

@@ -7,7 +7,7 @@ import sympy
 from symbn.codegen.elementwise import XS, Elementwise
 from symbn.codegen.plan import Plan
 from symbn.codegen.printers import cse, numpy_code, scalar_code
-from symbn.codegen.reductions import gradient_sums, moments, split_sums
+from symbn.codegen.lowering import Lowering
 from symbn.core.symbols import BETA, DY, GAMMA, X
 
 _SCALAR_NAMES = {X: "xv", DY: "dyv", GAMMA: "gv", BETA: "bv"}
@@ -22,19 +22,12 @@ class _Scalar:
     def code(self, e: sympy.Expr) -> str:
         return scalar_code(e, _SCALAR_NAMES)
 
-    def used(self, exprs: list[sympy.Expr]) -> set:
-        used = set().union(*(e.free_symbols for e in exprs))
-        for c, e in self.p.coordinates:
-            if c in used:
-                used |= e.free_symbols
-        return used
-
     def stats_in(self, exprs: list[sympy.Expr]) -> list[str]:
-        return sorted(s.name for s in self.used(exprs) & self.stats)
+        return sorted(s.name for s in self.p.used(exprs) & self.stats)
 
     def loads(self, exprs: list[sympy.Expr]) -> list[str]:
         """Element loads, statistics (when read per element), coordinates a group of expressions needs."""
-        used = self.used(exprs)
+        used = self.p.used(exprs)
         x, dy = self.arrays
         lines = [line for symbol, line in (
             (X, f"xv = {x}[{self.elem}]"), (DY, f"dyv = {dy}[{self.elem}]"),
@@ -120,7 +113,11 @@ class _NumbaPass:
         return k
 
 
-def statements(p: Plan) -> dict:
+def statements(lw: Lowering) -> dict:
+    """The Numba template's context: column loops where the plan chose them, else loops over statistics."""
+    if lw.columns:
+        return dict(column=_column_statements(lw), param_buffers=False)
+    p = lw.plan
     blocks = p.blocks
     all_ = list(range(len(blocks)))
     kept = [i for i in all_ if not blocks[i].reduced]
@@ -128,43 +125,38 @@ def statements(p: Plan) -> dict:
     param = [i for i in all_ if blocks[i].param]
     elem = ", ".join(f"i{i}" for i in all_)
     sc = _Scalar(p, elem, _flat(param))
-    mean = Elementwise(p).mean
     first_elem = ", ".join("0" if blocks[i].reduced else f"i{i}" for i in all_)
 
     def elementwise(exprs, given, prefix="k", params=None):
-        shifted = mean is not None and mean in given
+        shifted = lw.mean is not None and lw.mean in given
         return _NumbaPass(p, sc, list(exprs), shifted, False, "xb", prefix, params).context()
 
-    # When each statistic's elements share one parameter, dgamma/dbeta are sums over the same set as the named
-    # reductions (batch norm: dbeta = sum(dy), dgamma = sum(dy*xhat)): they are taken in the sums loop.
-    param_per_stat = set(param) <= set(kept)
-    split = _split(p, mean is not None and mean in p.saved)
     params: dict = {}  # the backward kernel's parameter arrays, shared by its two loops
-    if split:
+    split = None
+    if lw.numba_split:
         # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per statistic in float64
-        monomials, totals, param_from = split
-        split = dict(names=[q.name for q, _ in monomials], totals=[(s.name, sc.code(t)) for (s, _), t in
-                                                                    zip(p.sums, totals)],
-                     param_from=[p.sums[i][0].name for i in param_from],
+        monomials = lw.split.monomials
+        split = dict(names=[q.name for q, _ in monomials],
+                     totals=[(s.name, sc.code(t)) for (s, _), t in zip(p.sums, lw.split.totals)],
+                     param_from=[s.name for _, s in lw.taken],
                      **elementwise([m for _, m in monomials], p.saved, "ks", params))
         sum_loads, sum_codes = [], []
     else:
         # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared.
-        first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if param_per_stat else [])
+        first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if lw.param_per_stat else [])
         sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
-    dx = elementwise([p.dx] + ([] if param_per_stat else [e for _, e in p.param_sums]), p.saved, "k", params)
+    dx = elementwise([p.dx] + ([] if lw.param_per_stat else [e for _, e in p.param_sums]), p.saved, "k", params)
     eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
-    column = _column_statements(p)
     return dict(
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
-        stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=param_per_stat,
+        stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=lw.param_per_stat,
         # maps with nothing to reduce walk rows (every block but the innermost) and find each row's statistic; where
         # the innermost block is kept a row would hold many statistics, so they walk statistic by statistic
         rows=(dict(_space(all_[:-1], all_[-1:], "r"), stat=_flat(kept)) if blocks[-1].reduced
               else dict(_space(kept, reduced, "r"), stat="r")),
-        param_fixed_inner=reduced[-1] not in param, moments=moments(p, sc.code), first_elem=first_elem,
+        param_fixed_inner=lw.param_fixed_inner, moments=_moments(lw, sc.code), first_elem=first_elem,
         train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
                           denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
                      for s in p.train_steps],
@@ -172,49 +164,34 @@ def statements(p: Plan) -> dict:
         sums=list(zip([s.name for s, _ in p.sums], sum_codes)), sum_loads=sum_loads, split=split, dx=dx,
         param_count=len(p.param_sums), stat_param_codes=sum_codes[len(p.sums):],
         eval_dx=eval_dx, backward_wrapper=(split["wrapper"] if split else []) + dx["wrapper"],
-        column=column,
-        # parameter gradients added up in the input's dtype over blocks of statistics first (dx_loop in the template)
-        param_buffers=column is None and len(dx["codes"]) > 1 and reduced[-1] in param,
+        column=None, param_buffers=lw.param_buffers,
     )
 
 
-def _split(p: Plan, shifted: bool):
-    """The backward's sums as sums of monomials (symbn.codegen.reductions.split_sums): (monomials, each sum's total, for
-    each parameter gradient the index of the sum it is), or None where they do not split, or where parameters are
-    fixed per statistic but a gradient is not one of the sums (then the sums loop adds it up itself)."""
-    ew = Elementwise(p)
-    split = split_sums(ew, [e for _, e in p.sums], shifted) if p.sums else None
-    index = gradient_sums(ew, p.sums, p.param_sums)
-    if split is None or (ew.param_class == "stat" and None in index):
+def _moments(lw: Lowering, code) -> dict | None:
+    """The one-pass statistics (symbn.codegen.reductions.moments) as the template prints them."""
+    m = lw.moments
+    if m is None:
         return None
-    return split + ([i for i in index if i is not None],)
+    steps = [(s.symbol.name, f"({code(s.expr)}) / ({code(s.denominator)})" if s.reduce else code(s.expr))
+             for s in m.steps]
+    return dict(degree=m.degree, steps=steps, powers=["*".join(["d"] * k) for k in range(1, m.degree + 1)])
 
 
-def _column_statements(p: Plan) -> dict | None:
-    """Layouts whose innermost block is kept (batch norm NHWC and NC, instance norm NHWC): statistics run along the
-    contiguous axis, so the loops go over rows and keep one accumulator per column. The input is viewed as
-    (O, R, C): kept outer blocks, reduced blocks, the kept innermost block, with parameters (if any) over C only."""
-    b = p.blocks
-    n = len(b)
-    if b[-1].reduced:
-        return None
-    first_reduced = next(i for i, block in enumerate(b) if block.reduced)
-    if any(block.reduced for block in b[:first_reduced]) or not all(block.reduced for block in b[first_reduced:-1]):
-        return None
-    if any(block.param for block in b[:-1]):
-        return None
-    sc = _Scalar(p, "o, r, c", "c" if b[-1].param else "0", stat="o, c", arrays=("x3", "dy3"))
+def _column_statements(lw: Lowering) -> dict:
+    """Column loops over the (O, R, C) view (symbn.codegen.lowering.Columns): over rows, with one accumulator per
+    column."""
+    p, col = lw.plan, lw.columns
+    sc = _Scalar(p, "o, r, c", "c" if col.param_over_c else "0", stat="o, c", arrays=("x3", "dy3"))
 
     def kernel(exprs):
         loads, codes = sc.with_cse(list(exprs))
         return dict(stats=sc.stats_in(list(exprs)), loads=loads, codes=codes, wrapper=[])
 
-    mean = Elementwise(p).mean
-
     def elementwise(exprs, given, prefix="k"):
         """Elementwise work in the input's dtype: an output and the summands of the sums beside it (parameter
         gradients, added up in float64 per column), or the monomials of the backward's sums."""
-        out = _NumbaPass(p, sc, list(exprs), mean is not None and mean in given, True, "x3", prefix)
+        out = _NumbaPass(p, sc, list(exprs), lw.mean is not None and lw.mean in given, True, "x3", prefix)
         return dict(stats=out.arrays, loads=out.loads, codes=out.codes, wrapper=out.wrapper)
 
     steps = []
@@ -224,25 +201,22 @@ def _column_statements(p: Plan) -> dict | None:
         if s.reduce:
             step |= kernel([s.expr])
         steps.append(step)
-    power_sums = moments(p, lambda e: numpy_code(e, {}))
     # dgamma, dbeta as sums the backward takes anyway (the same summand; the reduction set is within the columns)
-    index = gradient_sums(Elementwise(p), p.sums, p.param_sums)
-    param_from_sums = [p.sums[i][0].name for i in index] if p.param_sums and None not in index else None
+    param_from_sums = [s.name for _, s in lw.taken] if p.param_sums and not lw.rest else None
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
-    split = split_sums(Elementwise(p), [e for _, e in p.sums], mean is not None and mean in p.saved) if p.sums else None
-    if split:  # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per column in float64
-        sums = elementwise([m for _, m in split[0]], p.saved, "ks") | dict(
-            names=[q.name for q, _ in split[0]],
-            totals=[(s.name, numpy_code(t, {})) for (s, _), t in zip(p.sums, split[1])])
+    if lw.numba_split:  # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per column
+        sums = elementwise([m for _, m in lw.split.monomials], p.saved, "ks") | dict(
+            names=[q.name for q, _ in lw.split.monomials],
+            totals=[(s.name, numpy_code(t, {})) for (s, _), t in zip(p.sums, lw.split.totals)])
     else:
         sums = kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums], totals=[]) if p.sums else None
     dx = elementwise([p.dx] + ([] if param_from_sums is not None else [e for _, e in p.param_sums]), p.saved)
     if sums:  # what the sums' wrapper computed (the shift) is not computed again
         dx["wrapper"] = [w for w in dx["wrapper"] if w not in sums["wrapper"]]
     return dict(
-        outer=repr(tuple(range(first_reduced))), reduced=repr(tuple(range(first_reduced, n - 1))),
-        param_over_c=b[-1].param,
-        train_steps=steps, moments=power_sums, y=elementwise([p.y], every_stat),
+        outer=repr(col.outer), reduced=repr(col.reduced), param_over_c=col.param_over_c,
+        accumulators_in_l1=lw.column_accumulators_in_l1,
+        train_steps=steps, moments=_moments(lw, lambda e: numpy_code(e, {})), y=elementwise([p.y], every_stat),
         y_eval=elementwise([p.y], p.eval_stats), sums=sums, dx=dx, param_from_sums=param_from_sums,
         eval_dx=elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats),
     )
@@ -266,6 +240,5 @@ def _space(outer: list[int], inner: list[int], var: str) -> dict:
         rest = f"({rest} // n{i})"
     if outer:
         unravel.append(f"i{outer[0]} = {rest}")
-    loops = ["    " * depth + f"for i{i} in range(n{i}):" for depth, i in enumerate(inner)]
-    return dict(count=" * ".join(f"n{i}" for i in outer) or "1", unravel=unravel, loops=loops,
-                indent="    " * len(inner), inner_indent="    " * (len(inner) - 1))
+    loops = [f"for i{i} in range(n{i}):" for i in inner]
+    return dict(count=" * ".join(f"n{i}" for i in outer) or "1", unravel=unravel, loops=loops)

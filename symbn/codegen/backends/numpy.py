@@ -9,32 +9,30 @@ from __future__ import annotations
 import sympy
 
 from symbn.codegen.elementwise import SHIFT, Elementwise
-from symbn.codegen.plan import Plan
 from symbn.codegen.printers import numpy_code
-from symbn.codegen.reductions import gradient_sums, moments, split_sums
+from symbn.codegen.lowering import Lowering
+from symbn.codegen.reductions import Moments
 from symbn.core.symbols import BETA, DY, GAMMA, X
 
 
-def statements(p: Plan) -> dict:
-    return _NumpyBodies(p).context()
+def statements(lw: Lowering) -> dict:
+    return _NumpyBodies(lw).context()
 
 
 class _NumpyBodies:
-    def __init__(self, p: Plan):
-        self.p = p
+    def __init__(self, lw: Lowering):
+        p = self.p = lw.plan
+        self.lw = lw
         self.ew = Elementwise(p)
-        self.mean = self.ew.mean
+        self.mean = lw.mean
         self.coordinates = self.ew.coordinates
-        self.whole = not p.blocks[0].reduced
+        self.whole = lw.numpy_whole
         # inside a chunk: the chunk's rows of x and dy, and of every array that spans the first block
         self.sliced = (self.ew.stats if self.whole else set()) | ({GAMMA, BETA} if p.blocks[0].param else set())
         self.names = {X: "xc", DY: "dyc"} | {s: f"{s.name}_c" for s in self.sliced}
 
     def code(self, e: sympy.Expr) -> str:
         return numpy_code(e, self.names)
-
-    def used(self, exprs) -> set:
-        return self.ew.used(exprs)
 
     def output(self, e, shifted, loop):
         return self.ew.output(e, shifted, loop.coefficient)
@@ -59,6 +57,10 @@ class _NumpyBodies:
                     backward=self.backward(p.sums, p.dx, p.param_sums, p.saved),
                     backward_eval=self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats))
 
+    def step_code(self, s) -> str:
+        """A statistic from its step: a reduction's total over its denominator, or a scalar formula."""
+        return f"({self.code(s.expr)}) / ({self.code(s.denominator)})" if s.reduce else self.code(s.expr)
+
     def shift(self, given) -> list[str]:
         return [f"shift = _cast({self.mean.name}, xb)"] if self.mean in given else []
 
@@ -66,7 +68,7 @@ class _NumpyBodies:
         p = self.p
         red = "axis=_RED, dtype=np.float64, keepdims=True"
         if self.whole:
-            outs = train_out(p)
+            outs = [s.name for s in p.train_out]
             loop = self.loop([s.expr for s in p.train_steps] + [p.y], shifted=False,
                              computed={s.symbol for s in p.train_steps} | {SHIFT})
             shifted = False
@@ -84,9 +86,8 @@ class _NumpyBodies:
             loop.statements([self.output(p.y, shifted, loop)], shifted, into="y[sl]")
             loop.body += [f"{s}[sl] = {s}_c" for s in outs]
             return [f"{s} = _stat(xb)" for s in outs] + loop.lines()
-        power_sums = moments(p, self.code)
-        if power_sums:
-            return self.forward_moments(power_sums)
+        if self.lw.moments:
+            return self.forward_moments(self.lw.moments)
         out, shifted = [], False
         for s in p.train_steps:
             name = s.symbol.name
@@ -103,17 +104,17 @@ class _NumpyBodies:
                 shifted = True
         return out + self.map_pass("y", p.y, [], shifted)
 
-    def forward_moments(self, power_sums: dict) -> list[str]:
+    def forward_moments(self, power_sums: Moments) -> list[str]:
         """Statistics spanning the chunks, from one pass of power sums of d = x - x0 (symbn.codegen.reductions.moments);
         d is formed in the input's dtype, where it is exact or nearly so (x0 is a value of the set), and summed in
         float64."""
         red = "axis=_RED, dtype=np.float64, keepdims=True"
-        names = [f"p{k}" for k in range(1, power_sums["degree"] + 1)]
+        names = [f"p{k}" for k in range(1, power_sums.degree + 1)]
         loop = self.loop([X], shifted=False)
         loop.body.append("d = xc - x0c")
-        loop.body += [f"{n} += np.sum({power}, {red})" for n, power in zip(names, power_sums["powers"])]
+        loop.body += [f"{n} += np.sum({'*'.join(['d'] * k)}, {red})" for k, n in enumerate(names, 1)]
         out = ["x0 = _first(xb)", "x0c = _cast(x0, xb)"] + [f"{n} = _stat(xb)" for n in names] + loop.lines()
-        out += [f"{name} = {code}" for name, code in power_sums["steps"]]
+        out += [f"{s.symbol.name} = {self.step_code(s)}" for s in power_sums.steps]
         shifted = self.mean is not None
         return out + self.shift([self.mean] if shifted else []) + self.map_pass("y", self.p.y, [], shifted)
 
@@ -130,41 +131,33 @@ class _NumpyBodies:
         shifted, head = self.mean in given, self.shift(given)
         if not sums:
             return head + self.map_pass("dx", dx, param_sums, shifted)
+        lw = self.lw
+        taken, rest = lw.taken, lw.rest
+        split = lw.split if lw.numpy_split else None
         if self.whole:
-            taken, rest = self.taken_from_stats(sums, param_sums)
-            # when nothing else needs xhat, the sums come from sums of monomials (dy, dy*xs), as below
-            split = None if rest else split_sums(self.ew, [e for _, e in sums], shifted)
-            summed = split[0] if split else [(sympy.Symbol(f"{s.name}_c"), e) for s, e in sums]
+            summed = split.monomials if split else [(sympy.Symbol(f"{s.name}_c"), e) for s, e in sums]
             exprs = [e for _, e in summed] + [e for _, e in rest]
-            loop = self.loop(exprs + [dx] + (split[1] if split else []), shifted, computed={s for s, _ in sums})
+            loop = self.loop(exprs + [dx] + list(split.totals if split else []), shifted, computed={s for s, _ in sums})
             codes = loop.statements(exprs, shifted)
             loop.body += [f"{s.name} = np.sum({c}, {red})" for (s, _), c in zip(summed, codes)]
             if split:
-                loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split[1])]
+                loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split.totals)]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
             loop.body += [self.param_add(s, f"{st.name}_c") for s, st in taken]
             loop.statements([self.output(dx, shifted, loop)], shifted, into="dx[sl]")
             return head + self.param_accumulators(param_sums) + loop.lines()
-        taken, param_sums = self.taken_from_stats(sums, param_sums)
+        param_sums = rest
         # the sums as statistics' coefficients times sums of monomials: the pass forms dy*xs, not xhat
-        split = split_sums(self.ew, [e for _, e in sums], shifted)
-        summed = split[0] if split else sums
+        summed = split.monomials if split else sums
         exprs = [e for _, e in summed] + [e for _, e in param_sums]
         loop = self.loop(exprs, shifted)
         codes = loop.statements(exprs, shifted)
         loop.body += [f"{s.name} += np.sum({c}, {red})" for (s, _), c in zip(summed, codes)]
         loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(summed):])]
         out = head + [f"{s.name} = _stat(xb)" for s, _ in summed] + self.param_accumulators(param_sums)
-        combined = [f"{s.name} = {self.code(total)}" for (s, _), total in zip(sums, split[1])] if split else []
+        combined = [f"{s.name} = {self.code(total)}" for (s, _), total in zip(sums, split.totals)] if split else []
         combined += [f"{s.name} = np.sum({st.name}, axis=_NONPARAM)" for s, st in taken]
         return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted)
-
-    def taken_from_stats(self, sums, param_sums):
-        """The parameter gradients that are statistics' sums added up (symbn.codegen.reductions.gradient_sums), as
-        (gradient, statistic) pairs, and the parameter sums left to do."""
-        index = gradient_sums(self.ew, sums, param_sums)
-        return ([(s, sums[i][0]) for (s, _), i in zip(param_sums, index) if i is not None],
-                [(s, e) for (s, e), i in zip(param_sums, index) if i is None])
 
     def param_accumulators(self, param_sums) -> list[str]:
         return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
@@ -184,7 +177,7 @@ class _Loop:
         self.before: list[str] = []
         self.body: list[str] = []
         self.known: dict = {}
-        used = bodies.used(list(exprs))
+        used = bodies.ew.used(list(exprs))
         pairs = [(n, v) for s, n, v in ((X, "xc", "xb[sl]"), (DY, "dyc", "dyb[sl]")) if s in used]
         chunked = (used | ({SHIFT} if shifted and X in used else set())) & bodies.sliced - computed
         pairs += [(bodies.names[s], f"_part({s.name}, sl)") for s in sorted(chunked, key=str)
@@ -205,7 +198,7 @@ class _Loop:
     def statements(self, exprs, shifted: bool, into: str | None = None) -> list[str]:
         """Add the coordinates and shared parts *exprs* need to the body; return their codes. With *into* (an
         output's rows, y[sl]), the first expression is written there by in-place ufuncs instead."""
-        used = self.b.used(list(exprs))
+        used = self.b.ew.used(list(exprs))
         for c, e in self.b.p.coordinates:
             if c in used and c not in self.coordinates_done:
                 lines, (value,) = self.b.lowered([e], self, shifted)
@@ -249,13 +242,6 @@ def _in_place(dest: str, e: sympy.Expr, code, varies) -> list[str]:
     head = (f"np.subtract({code(first)}, {code(-a)}, out={dest})" if a.could_extract_minus_sign()
             else f"np.add({code(first)}, {code(a)}, out={dest})")
     return [head] + [add(b) for b in others]
-
-
-def train_out(p: Plan) -> list[str]:
-    """Statistics forward_train hands on: the saved ones and every batch reduction, in graph order."""
-    order = [n.symbol for n in p.derivation.graph.nodes]
-    chosen = set(p.saved) | {n.symbol for n in p.derivation.graph.reductions}
-    return [s.name for s in sorted(chosen, key=order.index)]
 
 
 def _indent(lines: list[str]) -> list[str]:

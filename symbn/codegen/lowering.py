@@ -1,0 +1,102 @@
+"""Every lowering decision, taken once per plan and recorded as data: how the statistics are reduced, how the
+backward's sums are formed, where the parameter gradients come from, and which loop structure each backend prints.
+The backends (symbn.codegen.backends) read these decisions and print; none of them decides again.
+
+The decisions differ by loop structure where the cost model does: the NumPy backend walks chunks of rows of the first
+block, which hold whole statistics when that block is kept; the Numba backend walks either statistics (a parallel loop
+over kept blocks around loops over reduced ones) or, where the statistics run along the contiguous innermost axis,
+columns of an (O, R, C) view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from symbn.codegen.elementwise import Elementwise
+from symbn.codegen.plan import Plan
+from symbn.codegen.reductions import Moments, Split, gradient_sums, moments, split_sums
+
+# Column kernels keep one float64 accumulator per column and sum: while those fit in L1 (NHWC, C = 64) a chunk walks
+# its rows one at a time with the accumulators in arrays of its own; beyond (batch NC, C = 4096) rows go in fours.
+COLUMN_ACCUMULATORS_IN_L1 = 2048
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The (O, R, C) view of a layout whose innermost block is kept: kept outer blocks, reduced blocks, the kept
+    innermost block, parameters over C only (or none)."""
+
+    outer: tuple[int, ...]
+    reduced: tuple[int, ...]
+    param_over_c: bool
+
+
+@dataclass(frozen=True)
+class Lowering:
+    plan: Plan
+    mean: sympy.Symbol | None  # the statistic x is shifted by once known (x - shift, shift the mean in the dtype)
+    param_class: str  # "stat": parameters fixed over each statistic's set (batch, instance norm); else "param"
+    moments: Moments | None  # the forward's statistics from one pass of power sums; None: a pass per reduction
+    split: Split | None  # the training backward's sums from sums of monomials (dy, dy*xs); None: from the summands
+    from_sums: tuple[int | None, ...]  # per parameter gradient, the backward sum it equals (dbeta = sum(dy)), or None
+    numpy_whole: bool  # NumPy: chunks of rows of the first block hold whole statistics (that block is kept)
+    numpy_split: bool  # NumPy: the training backward uses *split*
+    columns: Columns | None  # Numba: column loops over this view; None: loops over statistics
+    numba_split: bool  # Numba: the training backward uses *split*
+    param_per_stat: bool  # Numba statistic loops: parameter gradients summed in the sums loop, beside the sums
+    param_fixed_inner: bool  # Numba statistic loops: the parameter is fixed over the innermost loop (registers)
+    param_buffers: bool  # Numba statistic loops: parameter gradients in per-chunk buffers of the input's dtype
+    column_accumulators_in_l1: int = COLUMN_ACCUMULATORS_IN_L1
+
+    @property
+    def taken(self) -> tuple[tuple[sympy.Symbol, sympy.Symbol], ...]:
+        """(parameter gradient, the backward sum it equals) for the gradients that are sums added up."""
+        p = self.plan
+        return tuple((s, p.sums[i][0]) for (s, _), i in zip(p.param_sums, self.from_sums) if i is not None)
+
+    @property
+    def rest(self) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
+        """The parameter gradients that take sums of their own."""
+        p = self.plan
+        return tuple((s, e) for (s, e), i in zip(p.param_sums, self.from_sums) if i is None)
+
+
+def lower(p: Plan) -> Lowering:
+    ew = Elementwise(p)
+    blocks = p.blocks
+    kept = [i for i, b in enumerate(blocks) if not b.reduced]
+    reduced = [i for i, b in enumerate(blocks) if b.reduced]
+    param = [i for i, b in enumerate(blocks) if b.param]
+    shifted = ew.mean is not None and ew.mean in p.saved
+    split = split_sums(ew, [e for _, e in p.sums], shifted) if p.sums else None
+    from_sums = tuple(gradient_sums(ew, p.sums, p.param_sums))
+    columns = _columns(p)
+    param_per_stat = set(param) <= set(kept)
+    return Lowering(
+        plan=p, mean=ew.mean, param_class=ew.param_class, moments=moments(p), split=split, from_sums=from_sums,
+        numpy_whole=not blocks[0].reduced,
+        # where a parameter gradient needs xhat per element anyway, the whole-chunk pass forms it for the sums too
+        numpy_split=split is not None and (blocks[0].reduced or None not in from_sums),
+        columns=columns,
+        # where parameters are fixed per statistic, a gradient that is not one of the sums is added up beside them
+        numba_split=split is not None and (columns is not None or ew.param_class != "stat" or None not in from_sums),
+        param_per_stat=param_per_stat,
+        param_fixed_inner=reduced[-1] not in param,
+        param_buffers=columns is None and not param_per_stat and bool(p.param_sums) and reduced[-1] in param,
+    )
+
+
+def _columns(p: Plan) -> Columns | None:
+    """Layouts whose innermost block is kept (batch norm NHWC and NC, instance norm NHWC): statistics run along the
+    contiguous axis, so the loops go over rows and keep one accumulator per column."""
+    b = p.blocks
+    if b[-1].reduced:
+        return None
+    first_reduced = next(i for i, block in enumerate(b) if block.reduced)
+    if any(block.reduced for block in b[:first_reduced]) or not all(block.reduced for block in b[first_reduced:-1]):
+        return None
+    if any(block.param for block in b[:-1]):
+        return None
+    return Columns(tuple(range(first_reduced)), tuple(range(first_reduced, len(b) - 1)), b[-1].param)
