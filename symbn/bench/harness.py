@@ -255,16 +255,16 @@ def torch_calls(spec, data, torch):
         def f(train):
             return F.batch_norm(x, *running, gamma, beta, training=train, momentum=spec.momentum, eps=eps)
     elif spec.preset == "instance":
-        def f(train):
+        def f(_train):  # no running statistics: one computation in both modes
             return F.instance_norm(x, weight=gamma, bias=beta, eps=eps)
     elif spec.preset == "group":
-        def f(train):
+        def f(_train):  # no running statistics: one computation in both modes
             return F.group_norm(x, spec.groups, gamma, beta, eps)
     elif spec.preset == "layer" and trailing:
-        def f(train):
+        def f(_train):  # no running statistics: one computation in both modes
             return F.layer_norm(x, x.shape[-k:], gamma, beta, eps)
     elif spec.preset == "rms" and trailing:
-        def f(train):
+        def f(_train):  # no running statistics: one computation in both modes
             return F.rms_norm(x, x.shape[-k:], gamma, eps)
     else:
         return None

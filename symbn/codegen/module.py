@@ -10,7 +10,7 @@ from symbn.codegen.backends import numba as numba_backend
 from symbn.codegen.backends import numpy as numpy_backend
 from symbn.codegen.lowering import Lowering, lower
 from symbn.codegen.plan import plan
-from symbn.codegen.printers import numpy_code
+from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.stamp import DTYPES, input_digest
 from symbn.core.derive import DX, derive
 from symbn.core.describe import axis_names, describe_spec, set_size_text
@@ -91,9 +91,15 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     )
     ctx["reduced_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if b.reduced))
     ctx["nonparam_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if not b.param))
-    needed = d.graph.nodes[:-1] if BETA in d.graph.leaves else d.graph.nodes  # y = ... + beta: its value is unused
-    ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in needed]
+    # the forward nodes the staged backward and the handed-on statistics read (not y, nor gamma*xhat before + beta)
+    needed = set(p.train_out) | p.used([e for _, e in d.staged])
+    for n in reversed(d.graph.nodes):
+        if n.symbol in needed:
+            needed |= n.expr.free_symbols
+    ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in d.graph.nodes if n.symbol in needed]
     ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
+    ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
+    ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import sympy
 from sympy.printing.numpy import NumPyPrinter
@@ -43,3 +44,20 @@ def cse(exprs: list[sympy.Expr], prefix: str = "c") -> tuple[list[tuple[sympy.Sy
     names = (sympy.Symbol(f"{prefix}{k}") for k in itertools.count() if f"{prefix}{k}" not in taken)
     replacements, reduced = sympy.cse(exprs, symbols=names, optimizations=None, order="canonical")
     return replacements, reduced
+
+
+_NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
+
+
+def reads(*pieces) -> set[str]:
+    """The names printed code reads: every identifier (attributes aside) in strings, and in lists, tuples and dicts of
+    them. A template leaves out what a function does not read (M, eps, ...) by asking this of its pieces."""
+    found: set[str] = set()
+    for piece in pieces:
+        if isinstance(piece, str):
+            found.update(_NAME.findall(piece))
+        elif isinstance(piece, dict):
+            found |= reads(*piece.values())
+        elif isinstance(piece, (list, tuple)):
+            found |= reads(*piece)
+    return found

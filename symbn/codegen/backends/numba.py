@@ -6,7 +6,7 @@ import sympy
 
 from symbn.codegen.elementwise import XS, Elementwise
 from symbn.codegen.plan import Plan
-from symbn.codegen.printers import cse, numpy_code, scalar_code
+from symbn.codegen.printers import cse, numpy_code, reads, scalar_code
 from symbn.codegen.lowering import Lowering
 from symbn.core.symbols import BETA, DY, GAMMA, X
 
@@ -116,7 +116,8 @@ class _NumbaPass:
 def statements(lw: Lowering) -> dict:
     """The Numba template's context: column loops where the plan chose them, else loops over statistics."""
     if lw.columns:
-        return dict(column=_column_statements(lw), param_buffers=False)
+        column = _column_statements(lw)
+        return dict(column=column, param_buffers=False, math="math" in reads(column))
     p = lw.plan
     blocks = p.blocks
     all_ = list(range(len(blocks)))
@@ -148,7 +149,24 @@ def statements(lw: Lowering) -> dict:
     dx = elementwise([p.dx] + ([] if lw.param_per_stat else [e for _, e in p.param_sums]), p.saved, "k", params)
     eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
+    moments = _moments(lw, sc.code)
+    train_steps = [dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr), denominator=sc.code(s.denominator),
+                        loads=sc.loads([s.expr]) if s.reduce else []) for s in p.train_steps]
+    y, y_eval = elementwise([p.y], every_stat), elementwise([p.y], p.eval_stats)
+    sums = list(zip([s.name for s, _ in p.sums], sum_codes))
+    backward_wrapper = (split["wrapper"] if split else []) + dx["wrapper"]
+    # the names each function reads: its template leaves out M and marks unused parameters where they are not read
+    uses = dict(
+        train_kernel=reads(moments if moments else train_steps, _in_kernel(y)),
+        forward_train=reads(y["wrapper"]), map_kernel_y=reads(_in_kernel(y_eval)), forward_eval=reads(y_eval["wrapper"]),
+        backward_kernel=reads(_in_kernel(split) + [split["totals"]] if split else [sums, sum_loads],
+                              _in_kernel(dx)),
+        backward=reads(backward_wrapper), backward_eval_kernel=reads(_in_kernel(eval_dx)),
+        backward_eval=reads(eval_dx["wrapper"]),
+    )
     return dict(
+        uses={name: sorted(found) for name, found in uses.items()},
+        math="math" in set().union(*uses.values()),
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
         stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=lw.param_per_stat,
@@ -156,16 +174,17 @@ def statements(lw: Lowering) -> dict:
         # the innermost block is kept a row would hold many statistics, so they walk statistic by statistic
         rows=(dict(_space(all_[:-1], all_[-1:], "r"), stat=_flat(kept)) if blocks[-1].reduced
               else dict(_space(kept, reduced, "r"), stat="r")),
-        param_fixed_inner=lw.param_fixed_inner, moments=_moments(lw, sc.code), first_elem=first_elem,
-        train_steps=[dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr),
-                          denominator=sc.code(s.denominator), loads=sc.loads([s.expr]) if s.reduce else [])
-                     for s in p.train_steps],
-        y=elementwise([p.y], every_stat), y_eval=elementwise([p.y], p.eval_stats),
-        sums=list(zip([s.name for s, _ in p.sums], sum_codes)), sum_loads=sum_loads, split=split, dx=dx,
+        param_fixed_inner=lw.param_fixed_inner, moments=moments, first_elem=first_elem, train_steps=train_steps,
+        y=y, y_eval=y_eval, sums=sums, sum_loads=sum_loads, split=split, dx=dx,
         param_count=len(p.param_sums), stat_param_codes=sum_codes[len(p.sums):],
-        eval_dx=eval_dx, backward_wrapper=(split["wrapper"] if split else []) + dx["wrapper"],
+        eval_dx=eval_dx, backward_wrapper=backward_wrapper,
         column=None, param_buffers=lw.param_buffers,
     )
+
+
+def _in_kernel(part: dict) -> list:
+    """The code of a pass that runs inside its kernel (not what the wrapper computes and passes in)."""
+    return [part.get(key, []) for key in ("stat_lines", "loads", "codes")]
 
 
 def _moments(lw: Lowering, code) -> dict | None:
@@ -213,12 +232,26 @@ def _column_statements(lw: Lowering) -> dict:
     dx = elementwise([p.dx] + ([] if param_from_sums is not None else [e for _, e in p.param_sums]), p.saved)
     if sums:  # what the sums' wrapper computed (the shift) is not computed again
         dx["wrapper"] = [w for w in dx["wrapper"] if w not in sums["wrapper"]]
+    moments = _moments(lw, lambda e: numpy_code(e, {}))
+    y, y_eval = elementwise([p.y], every_stat), elementwise([p.y], p.eval_stats)
+    eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
+    kernels = dict(col_y=y, col_y_eval=y_eval, col_dx=dx, col_dx_eval=eval_dx) | ({"col_sums": sums} if sums else {})
+    kernels |= {f"col_sum_{s['name']}": s for s in steps if s["reduce"]}
+    # the names each function reads: its template leaves out M and marks unused parameters where they are not read
+    uses = {name: reads(k["loads"], k["codes"]) for name, k in kernels.items()}
+    uses |= dict(
+        forward_train=reads(moments["steps"] if moments else [(s["code_np"], s["denominator_np"]) for s in steps],
+                            y["wrapper"]),
+        forward_eval=reads(y_eval["wrapper"]),
+        backward=reads(sums["wrapper"], sums["totals"], dx["wrapper"]) if sums else reads(dx["wrapper"]),
+        backward_eval=reads(eval_dx["wrapper"]),
+    )
     return dict(
+        uses={name: sorted(found) for name, found in uses.items()},
         outer=repr(col.outer), reduced=repr(col.reduced), param_over_c=col.param_over_c,
         accumulators_in_l1=lw.column_accumulators_in_l1,
-        train_steps=steps, moments=_moments(lw, lambda e: numpy_code(e, {})), y=elementwise([p.y], every_stat),
-        y_eval=elementwise([p.y], p.eval_stats), sums=sums, dx=dx, param_from_sums=param_from_sums,
-        eval_dx=elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats),
+        train_steps=steps, moments=moments, y=y, y_eval=y_eval, sums=sums, dx=dx, param_from_sums=param_from_sums,
+        eval_dx=eval_dx,
     )
 
 

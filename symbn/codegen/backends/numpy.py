@@ -9,7 +9,7 @@ from __future__ import annotations
 import sympy
 
 from symbn.codegen.elementwise import SHIFT, Elementwise
-from symbn.codegen.printers import numpy_code
+from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.lowering import Lowering
 from symbn.codegen.reductions import Moments
 from symbn.core.symbols import BETA, DY, GAMMA, X
@@ -52,10 +52,13 @@ class _NumpyBodies:
     def context(self) -> dict:
         p = self.p
         forward = self.forward()
-        return dict(whole=self.whole, forward=forward, first="x0 = _first(xb)" in forward,
-                    forward_eval=self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats),
-                    backward=self.backward(p.sums, p.dx, p.param_sums, p.saved),
-                    backward_eval=self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats))
+        bodies = dict(forward=forward,
+                      forward_eval=self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats),
+                      backward=self.backward(p.sums, p.dx, p.param_sums, p.saved),
+                      backward_eval=self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats))
+        # the names each function body reads: its template leaves out M and marks eps unused where they are not
+        uses = {name: sorted(reads(lines)) for name, lines in bodies.items()}
+        return dict(whole=self.whole, first="x0 = _first(xb)" in forward, uses=uses, **bodies)
 
     def step_code(self, s) -> str:
         """A statistic from its step: a reduction's total over its denominator, or a scalar formula."""
