@@ -1,4 +1,4 @@
-"""The single list of specs: what the test matrix proves (and, later, what generated/ and docs/ hold)."""
+"""The single list of specs: what the test matrix proves, what generated/ holds and docs/ documents."""
 
 from __future__ import annotations
 

@@ -23,6 +23,15 @@ SHIFT = sympy.Symbol("shift", real=True)  # the shift: a mean of x rounded to th
 Coefficient = Callable[[sympy.Expr], sympy.Symbol]
 
 
+def used(p: Plan, exprs) -> set:
+    """The symbols *exprs* read, with those of the coordinates they use (xhat reads x and the statistics)."""
+    found = set().union(*(e.free_symbols for e in exprs))
+    for c, e in p.coordinates:
+        if c in found:
+            found |= e.free_symbols
+    return found
+
+
 class Elementwise:
     def __init__(self, p: Plan):
         self.p = p
@@ -78,9 +87,9 @@ class Elementwise:
                 [self.hoist(e, coefficient) for e in reduced])
 
     def used(self, exprs) -> set:
-        """The symbols *exprs* read (symbn.codegen.plan.Plan.used); xs reads x."""
-        used = self.p.used(exprs)
-        return used | ({X} if XS in used else set())
+        """The symbols *exprs* read (used()); xs reads x."""
+        found = used(self.p, exprs)
+        return found | ({X} if XS in found else set())
 
     def output(self, e: sympy.Expr, shifted: bool, coefficient: Coefficient) -> sympy.Expr:
         """An elementwise expression, where it is affine in each of xs and dy, as sums of coefficient * (a product of

@@ -41,6 +41,8 @@ class Lowering:
     moments: Moments | None  # the forward's statistics from one pass of power sums; None: a pass per reduction
     split: Split | None  # the training backward's sums from sums of monomials (dy, dy*xs); None: from the summands
     from_sums: tuple[int | None, ...]  # per parameter gradient, the backward sum it equals (dbeta = sum(dy)), or None
+    taken: tuple[tuple[sympy.Symbol, sympy.Symbol], ...]  # (parameter gradient, the sum it is) where from_sums has one
+    rest: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # (parameter gradient, summand): those that take sums of their own
     numpy_whole: bool  # NumPy: chunks of rows of the first block hold whole statistics (that block is kept)
     numpy_split: bool  # NumPy: the training backward uses *split*
     columns: Columns | None  # Numba: column loops over this view; None: loops over statistics
@@ -49,18 +51,6 @@ class Lowering:
     param_fixed_inner: bool  # Numba statistic loops: the parameter is fixed over the innermost loop (registers)
     param_buffers: bool  # Numba statistic loops: parameter gradients in per-chunk buffers of the input's dtype
     column_accumulators_in_l1: int = COLUMN_ACCUMULATORS_IN_L1
-
-    @property
-    def taken(self) -> tuple[tuple[sympy.Symbol, sympy.Symbol], ...]:
-        """(parameter gradient, the backward sum it equals) for the gradients that are sums added up."""
-        p = self.plan
-        return tuple((s, p.sums[i][0]) for (s, _), i in zip(p.param_sums, self.from_sums) if i is not None)
-
-    @property
-    def rest(self) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
-        """The parameter gradients that take sums of their own."""
-        p = self.plan
-        return tuple((s, e) for (s, e), i in zip(p.param_sums, self.from_sums) if i is None)
 
 
 def lower(p: Plan) -> Lowering:
@@ -76,6 +66,8 @@ def lower(p: Plan) -> Lowering:
     param_per_stat = set(param) <= set(kept)
     return Lowering(
         plan=p, mean=ew.mean, param_class=ew.param_class, moments=moments(p), split=split, from_sums=from_sums,
+        taken=tuple((s, p.sums[i][0]) for (s, _), i in zip(p.param_sums, from_sums) if i is not None),
+        rest=tuple((s, e) for (s, e), i in zip(p.param_sums, from_sums) if i is None),
         numpy_whole=not blocks[0].reduced,
         # where a parameter gradient needs xhat per element anyway, the whole-chunk pass forms it for the sums too
         numpy_split=split is not None and (blocks[0].reduced or None not in from_sums),

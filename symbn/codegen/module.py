@@ -8,15 +8,15 @@ from symbn import escape
 from symbn.codegen import stamp
 from symbn.codegen.backends import numba as numba_backend
 from symbn.codegen.backends import numpy as numpy_backend
+from symbn.codegen.elementwise import used
 from symbn.codegen.lowering import Lowering, lower
 from symbn.codegen.plan import plan
 from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.stamp import DTYPES, input_digest
 from symbn.core.derive import DX, derive
-from symbn.core.describe import axis_names, describe_spec, set_size_text
 from symbn.core.printing import text
 from symbn.core.spec import Spec
-from symbn.core.symbols import BETA, DY, GAMMA, MOMENTUM, X
+from symbn.core.symbols import DY, MOMENTUM, X
 from symbn.templating import render
 from symbn.version import __version__
 
@@ -34,15 +34,16 @@ def module_name(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> s
 
 
 def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog",
-                dtypes: tuple[str, ...] = DTYPES) -> str:
-    """The generated module for *spec* and *backend*, with its banner and content hash."""
+                dtypes: tuple[str, ...] = DTYPES, digest: str | None = None) -> str:
+    """The generated module for *spec* and *backend*, with its banner and content hash; *digest*: the input hash
+    (symbn.codegen.stamp.input_digest), when the caller has computed it already (symbn.load, as its cache key)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
     if not dtypes or any(t not in DTYPES for t in dtypes):
         raise ValueError(f"dtype: expected some of {', '.join(DTYPES)}; got {', '.join(map(str, dtypes)) or 'none'}")
     ctx = _context(lower(plan(derive(spec))), backend, command)
     ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
-    ctx["digest"] = input_digest(spec, backend, dtypes)
+    ctx["digest"] = digest or input_digest(spec, backend, dtypes)
     ctx["module_id"] = f"{module_name(spec, backend, dtypes)}_{ctx['digest']}"
     ctx["dtype_text"] = " or ".join(dtypes)
     body = render("kernels/module.py.j2", ctx)
@@ -52,11 +53,11 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
 def _context(lw: Lowering, backend: str, command: str) -> dict:
     p = lw.plan
     spec, d = p.spec, p.derivation
-    reductions = [n.symbol for n in d.graph.reductions]
+    reductions = p.batch_stats
     running = [r.name for r, _, _ in p.running]
-    params = [leaf.name for leaf in (GAMMA, BETA) if leaf in d.graph.leaves]
-    names = axis_names(spec)
-    counts = d.op_counts
+    params = list(p.params)
+    names = p.axis_names
+    counts = p.op_counts
     formulas = [f"{s} = {text(e)}" for s, e in d.coordinates + d.reductions + d.compact]
     formulas += [f"eval mode: {s} = {text(e)}" for s, e in d.eval_mode if s == DX]
     formulas += [f"{s} <- {text(e)}" for s, e in d.running]
@@ -67,11 +68,11 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         backend_template=f"kernels/{backend}.py.j2", command=escape.python_comment(command),
         title=escape.python_docstring(
             f"{spec.name}: {spec.preset + ' norm' if spec.preset else 'custom normalization'}, {backend} backend."),
-        description=[escape.python_docstring(line) for line in describe_spec(spec)], numba=backend == "numba",
+        description=[escape.python_docstring(line) for line in p.description], numba=backend == "numba",
         shape_text="(" + ", ".join(names) + ")",
         stat_shape_text=_blocks_text(p, names, lambda b: not b.reduced),
         param_shape_text="(" + ", ".join(names[a] for a in spec.param_axes) + ("," if len(spec.param_axes) == 1 else "") + ")",
-        set_size_text=set_size_text(spec),
+        set_size_text=p.set_size_text,
         sig_params="x, " + "".join(f"{q}, " for q in params), sig_gamma="gamma, " if "gamma" in params else "",
         params=params, has_gamma="gamma" in params, has_beta="beta" in params,
         grads=["dx"] + ["d" + q for q in params],
@@ -82,7 +83,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         batch_stats=[r.name for r in reductions], train_out=[s.name for s in p.train_out],
         eval_stats=[s.name for s in p.eval_stats], eval_steps=eval_lines,
         running_updates=[(r.name, numpy_code(e, {MOMENTUM: "momentum"})) for r, _, e in p.running],
-        central=any(n.central for n in d.graph.reductions),
+        central=p.central,
         ndim=spec.ndim, layout=repr(spec.layout), reduce_axes=repr(spec.reduce_axes),
         param_axes=repr(spec.param_axes), groups=repr(spec.groups), channel_axis=repr(spec.channel_axis),
         blocks=repr(tuple((b.axes, b.split, b.reduced, b.param) for b in p.blocks)),
@@ -92,7 +93,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["reduced_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if b.reduced))
     ctx["nonparam_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if not b.param))
     # the forward nodes the staged backward and the handed-on statistics read (not y, nor gamma*xhat before + beta)
-    needed = set(p.train_out) | p.used([e for _, e in d.staged])
+    needed = set(p.train_out) | used(p, [e for _, e in d.staged])
     for n in reversed(d.graph.nodes):
         if n.symbol in needed:
             needed |= n.expr.free_symbols

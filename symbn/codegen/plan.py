@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sympy
 
 from symbn.core.derive import DX, Derivation
+from symbn.core.describe import axis_names, describe_spec, set_size_text
 from symbn.core.graph import ELEM, REDUCE
 from symbn.core.symbols import BETA, EPS, GAMMA, M, rsum
 
@@ -53,33 +54,19 @@ class Plan:
     eval_dx: sympy.Expr
     eval_param_sums: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
     uses_eps: bool
+    # what the later stages need of the derivation, taken here so that none of them goes back into symbn.core
+    train_out: tuple[sympy.Symbol, ...]  # statistics forward_train hands on: the saved ones and every batch reduction
+    batch_stats: tuple[sympy.Symbol, ...]  # the reductions of the forward, in graph order
+    params: tuple[str, ...]  # "gamma", "beta": the parameters the forward has
+    central: bool  # a reduction is a central moment (training needs M > 1)
+    op_counts: dict
+    description: tuple[str, ...]  # the spec in words (symbn.core.describe)
+    axis_names: tuple[str, ...]
+    set_size_text: str  # M in the sizes of the axes, e.g. N*H*W
 
     @property
     def spec(self):
         return self.derivation.spec
-
-    def used(self, exprs) -> set:
-        """The symbols *exprs* read, with those of the coordinates they use (xhat reads x and the statistics)."""
-        used = set().union(*(e.free_symbols for e in exprs))
-        for c, e in self.coordinates:
-            if c in used:
-                used |= e.free_symbols
-        return used
-
-    @property
-    def train_out(self) -> tuple[sympy.Symbol, ...]:
-        """Statistics forward_train hands on: the saved ones and every batch reduction, in graph order."""
-        order = [n.symbol for n in self.derivation.graph.nodes]
-        chosen = set(self.saved) | {n.symbol for n in self.derivation.graph.reductions}
-        return tuple(sorted(chosen, key=order.index))
-
-    @property
-    def has_gamma(self) -> bool:
-        return GAMMA in self.derivation.graph.leaves
-
-    @property
-    def has_beta(self) -> bool:
-        return BETA in self.derivation.graph.leaves
 
 
 def blocks(spec) -> tuple[Block, ...]:
@@ -128,6 +115,8 @@ def plan(d: Derivation) -> Plan:
     evaluation = [e for _, e in d.coordinates + eval_param_sums] + [eval_dx, y]
     needed = _closure(set(stats_in(evaluation)), steps)
     everything = backward + evaluation + [s.expr for s in steps]
+    saved = tuple(stats_in(backward))
+    batch_stats = tuple(n.symbol for n in g.reductions)
     return Plan(
         derivation=d,
         blocks=blocks(d.spec),
@@ -135,7 +124,7 @@ def plan(d: Derivation) -> Plan:
         eval_steps=tuple(s for s in steps if not s.reduce and s.symbol in needed),
         eval_stats=tuple(stats_in(evaluation)),
         y=y,
-        saved=tuple(stats_in(backward)),
+        saved=saved,
         running=tuple((r, n.symbol, e) for (r, e), n in zip(d.running, g.reductions)),
         coordinates=d.coordinates,
         sums=sums,
@@ -144,6 +133,14 @@ def plan(d: Derivation) -> Plan:
         eval_dx=eval_dx,
         eval_param_sums=eval_param_sums,
         uses_eps=any(e.has(EPS) for e in everything),
+        train_out=tuple(sorted(set(saved) | set(batch_stats), key=order.index)),
+        batch_stats=batch_stats,
+        params=tuple(leaf.name for leaf in (GAMMA, BETA) if leaf in g.leaves),
+        central=any(n.central for n in g.reductions),
+        op_counts=d.op_counts,
+        description=tuple(describe_spec(d.spec)),
+        axis_names=tuple(axis_names(d.spec)),
+        set_size_text=set_size_text(d.spec),
     )
 
 

@@ -177,7 +177,7 @@ def load(spec: Spec, backend: str = "numba"):
     try:
         intact = path.is_file() and stamp_problem(path.read_text(errors="replace")) is None
         if not intact:
-            write_atomic(path, module_text(spec, backend, command=f"symbn.load(...) (spec {spec.name})"))
+            write_atomic(path, module_text(spec, backend, command=f"symbn.load(...) (spec {spec.name})", digest=digest))
     except OSError as err:
         raise OSError(f"symbn cache {cache_dir()}: cannot write {path.name} ({err.strerror or err}); set "
                       "SYMBN_CACHE to a writable folder") from err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy
 
-from symbn.codegen.elementwise import XS, Elementwise
+from symbn.codegen.elementwise import XS, Elementwise, used
 from symbn.codegen.plan import Plan
 from symbn.codegen.printers import cse, numpy_code, reads, scalar_code
 from symbn.codegen.lowering import Lowering
@@ -23,18 +23,18 @@ class _Scalar:
         return scalar_code(e, _SCALAR_NAMES)
 
     def stats_in(self, exprs: list[sympy.Expr]) -> list[str]:
-        return sorted(s.name for s in self.p.used(exprs) & self.stats)
+        return sorted(s.name for s in used(self.p, exprs) & self.stats)
 
     def loads(self, exprs: list[sympy.Expr]) -> list[str]:
         """Element loads, statistics (when read per element), coordinates a group of expressions needs."""
-        used = self.p.used(exprs)
+        read = used(self.p, exprs)
         x, dy = self.arrays
         lines = [line for symbol, line in (
             (X, f"xv = {x}[{self.elem}]"), (DY, f"dyv = {dy}[{self.elem}]"),
-            (GAMMA, f"gv = gamma[{self.param}]"), (BETA, f"bv = beta[{self.param}]")) if symbol in used]
+            (GAMMA, f"gv = gamma[{self.param}]"), (BETA, f"bv = beta[{self.param}]")) if symbol in read]
         if self.stat:
             lines += [f"{name} = a_{name}[{self.stat}]" for name in self.stats_in(exprs)]
-        return lines + [f"{c} = {self.code(e)}" for c, e in self.p.coordinates if c in used]
+        return lines + [f"{c} = {self.code(e)}" for c, e in self.p.coordinates if c in read]
 
     def with_cse(self, exprs: list[sympy.Expr]) -> tuple[list[str], list[str]]:
         shared, reduced_exprs = cse(exprs)
