@@ -48,6 +48,30 @@ class Step:
     contributions: tuple[Contribution, ...]
 
 
+# The stages of the simplification from staged to compact dx, in order; a Stage's key is one of these. They are
+# identifiers, not prose: the documents give each its title and explanation.
+STAGES = ("inline", "elementwise_in_x", "constants_out", "identities", "coordinate", "named_reductions")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """dx after one stage of the simplification, and whether the stage changed it for this spec."""
+
+    key: str  # one of STAGES
+    dx: sympy.Expr
+    changed: bool  # False where dx is the same expression as after the stage before
+
+
+@dataclass(frozen=True)
+class CoordinateChange:
+    """The change from x to the normalized coordinate, both ways, and the statistics it makes redundant."""
+
+    symbol: sympy.Symbol  # xhat (u where the forward's own xhat is something else)
+    value: sympy.Expr  # the coordinate in x and the statistics
+    x: sympy.Expr | None  # x in the coordinate; None where SymPy finds no single solution
+    chain: Program  # the statistics behind the inverse scale, written in it: std = 1/istd, var = 1/istd**2 - eps
+
+
 @dataclass(frozen=True)
 class Derivation:
     """Everything derived for one spec. Programs are ordered assignments; rsum/psum are the two reductions."""
@@ -62,8 +86,15 @@ class Derivation:
     eval_mode: Program  # dx, dgamma, dbeta with the statistics held constant (running statistics)
     running: Program  # running-statistic updates, one per reduction node
     primal: bool  # True when no affine normalized coordinate exists and the compact form stays in x
-    rewrites: tuple[tuple[str, sympy.Expr], ...]  # dx after each stage of the simplification, staged to compact
+    stages: tuple[Stage, ...]  # dx after each stage of the simplification, staged to compact
     identities: tuple[tuple[sympy.Expr, sympy.Expr], ...]  # sums the forward's statistics define: sum(x) -> M*mu
+    vanishing: Program  # per-element nodes, in x, whose sum over the set the identities make 0: sum(x - mu) = 0
+    coordinate_change: CoordinateChange | None  # None when primal
+
+    @property
+    def rewrites(self) -> tuple[tuple[str, sympy.Expr], ...]:
+        """(key, dx) per stage: the stages in their older form."""
+        return tuple((stage.key, stage.dx) for stage in self.stages)
 
     def output(self, program: Program, symbol: sympy.Symbol) -> sympy.Expr:
         return dict(program)[symbol]
@@ -112,21 +143,27 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
     varying = {X, DY} | ({GAMMA, BETA} if param_varies else set())
     base = g.base()
     rules = _identities(g, base, varying)
+    vanishing = _vanishing(g, base, rules, varying)
 
     u = base[g.output.symbol].xreplace({GAMMA: 1, BETA: 0})
     scale_expr = _diff(u, X)
     primal = scale_expr.has(X) or scale_expr == 0
     coords: list[tuple[sympy.Symbol, sympy.Expr]] = []
     to_coords: dict = {}
+    change = None
     if not primal:
         xhat = _coordinate_symbol(g, base, u)
-        inv = scale_expr if scale_expr.is_Symbol else sym("a", **graphs._sign(scale_expr, graphs.STAT))
+        inv = scale_expr if scale_expr.is_Symbol else sym("a", **graphs.assumptions(scale_expr, graphs.STAT))
         if inv != scale_expr:
             coords.append((inv, scale_expr))
         coords.append((xhat, u))
         offset = sympy.expand(u - scale_expr * X)
         to_coords = {X: (xhat - offset.subs(scale_expr, inv)) / inv}
         varying = (varying - {X}) | {xhat}
+        # x in xhat as SymPy solves it, not as to_coords has it: the documents print this form.
+        solved = sympy.solve(sympy.Eq(xhat, u), X)
+        chain = _eliminate(g, scale_expr) if scale_expr.is_Symbol else {}
+        change = CoordinateChange(xhat, u, solved[0] if len(solved) == 1 else None, tuple(chain.items()))
     exposed = {o for n in g.nodes if n.kind == ELEM for o in n.operands if g.node(o) and g.node(o).kind != ELEM}
     for stat in sorted(exposed, key=lambda s: s.name):
         to_coords |= _eliminate(g, stat)
@@ -149,12 +186,7 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
     in_coords = finish(identified)
     dx, reductions = _name_reductions(sympy.expand(in_coords))
     compact = [(DX, _tidy(dx))]
-    rewrites = (
-        ("inline", inlined), ("elementwise nodes in x and the statistics", in_x),
-        ("set-constant factors out of the sums", pulled), ("sums the forward defines", identified),
-        ("normalized coordinate", sympy.factor_terms(sympy.expand(in_coords))),
-        ("named reductions, factored", compact[0][1]),
-    )
+    stages = _stages(inlined, in_x, pulled, identified, sympy.factor_terms(sympy.expand(in_coords)), compact[0][1])
     eval_mode = [(DX, _tidy(finish(DY * _diff(base[g.output.symbol], X))))]
     for leaf, d in ((GAMMA, DGAMMA), (BETA, DBETA)):
         if leaf in g.leaves:
@@ -162,7 +194,14 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
             eval_mode.append((d, finish(psum(DY * _diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
     return dict(graph=g, steps=steps, staged=staged, coordinates=tuple(coords), reductions=reductions,
                 compact=tuple(compact), eval_mode=tuple(eval_mode), running=_running(g, ddof, running),
-                primal=primal, rewrites=rewrites, identities=tuple(rules.items()))
+                primal=primal, stages=stages, identities=tuple(rules.items()), vanishing=vanishing,
+                coordinate_change=change)
+
+
+def _stages(*dxs: sympy.Expr) -> tuple[Stage, ...]:
+    """One Stage per entry of STAGES from dx after it; the first always changes dx (it leaves the staged program)."""
+    pairs = enumerate(zip(STAGES, dxs, strict=True))
+    return tuple(Stage(key, dx, k == 0 or dx != dxs[k - 1]) for k, (key, dx) in pairs)
 
 
 class _RealAbs(sympy.Function):
@@ -172,7 +211,7 @@ class _RealAbs(sympy.Function):
     nargs = 1
     is_extended_real = True
 
-    def fdiff(self, argindex=1):
+    def fdiff(self, argindex=1):  # noqa: ARG002 - SymPy's signature; one argument, so argindex is always 1
         return sympy.sign(self.args[0])
 
 
@@ -253,6 +292,20 @@ def _identities(g: Graph, base: dict, varying: set) -> dict:
         rest = linear.xreplace({hole: 0})
         rules[lead] = sympy.expand((denominator * r.symbol - rest) / coeff)
     return rules
+
+
+def _vanishing(g: Graph, base: dict, rules: dict, varying: set) -> Program:
+    """Per-element nodes whose sum over the set the identities make zero (sum(x - mu) = 0), with their value in x:
+    these are what cancel terms of dx. The output and the nodes gamma or beta enter are left out: the documents cite
+    the normalization's own sums, which those only restate (sum(gamma*xhat) = gamma*sum(xhat))."""
+    out = []
+    for n in g.nodes:
+        if n.kind != ELEM or n.symbol == g.output.symbol:
+            continue
+        e = base[n.symbol]
+        if not e.has(GAMMA) and not e.has(BETA) and sympy.expand(_pull(rsum(e), varying).xreplace(rules)) == 0:
+            out.append((n.symbol, e))
+    return tuple(out)
 
 
 def _coordinate_symbol(g: Graph, base: dict, u: sympy.Expr) -> sympy.Symbol:

@@ -51,6 +51,13 @@ class Graph:
     def node(self, symbol: sympy.Symbol) -> Node | None:
         return next((n for n in self.nodes if n.symbol == symbol), None)
 
+    def definition(self) -> sympy.Expr:
+        """The output with every node substituted: the forward as one expression in x, the parameters and sums."""
+        env: dict[sympy.Symbol, sympy.Expr] = {}
+        for n in self.nodes:
+            env[n.symbol] = n.expr.xreplace(env)
+        return env[self.output.symbol]
+
     def base(self) -> dict[sympy.Symbol, sympy.Expr]:
         """Each elementwise node written in x, gamma, beta and per-statistic node symbols (which stay symbols, so
         that relations such as istd = 1/std can be inverted later instead of hidden inside radicals)."""
@@ -172,7 +179,7 @@ class _Builder:
         kind = REDUCE if op in ("mean", "sum") else self.level(e)
         name = self.fresh(_name(op, e, [self.by_symbol[s].name if s in self.by_symbol else s.name for s in operands],
                                 [self.by_symbol.get(s) for s in operands]))
-        node = Node(name, sym(name, **_sign(e, kind)), e, kind, op, operands, central)
+        node = Node(name, sym(name, **assumptions(e, kind)), e, kind, op, operands, central)
         self.nodes.append(node)
         self.by_expr[e] = node
         self.by_symbol[node.symbol] = node
@@ -192,8 +199,8 @@ class _Builder:
                 stack.extend(self.by_symbol[s].operands)
         nodes = [n for n in self.nodes if n.symbol in needed]
         last = nodes[-1]
-        nodes[-1] = Node("y", sym("y", **_sign(last.expr, last.kind)), last.expr, last.kind, last.op, last.operands,
-                         last.central)
+        nodes[-1] = Node("y", sym("y", **assumptions(last.expr, last.kind)), last.expr, last.kind, last.op,
+                         last.operands, last.central)
         return tuple(nodes)
 
     def fresh(self, name: str) -> str:
@@ -240,8 +247,9 @@ def _undefined(e: sympy.Expr) -> str | None:
     return None
 
 
-def _sign(e: sympy.Expr, kind: str) -> dict[str, bool]:
-    """Assumptions that let SymPy simplify, e.g. sqrt(var + eps) > 0 because var is a mean of squares."""
+def assumptions(e: sympy.Expr, kind: str) -> dict[str, bool]:
+    """Sign assumptions for the symbol of a node of *kind* that computes *e*: they let SymPy simplify, e.g.
+    sqrt(var + eps) > 0 because var is a mean of squares."""
     if kind == REDUCE:  # the sign of a mean or sum is the sign of its summand (the count is positive)
         (e,) = [a.args[0] for a in e.atoms(rsum)]
     if e.is_positive:

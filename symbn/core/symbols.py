@@ -32,8 +32,10 @@ class _SetSum(sympy.Function):
     def _sympystr(self, printer):
         return f"{self.text_name}({printer._print(self.args[0])})"
 
-    def _latex(self, printer):
-        return self.latex_sum + r"\left(" + printer._print(self.args[0]) + r"\right)"
+    def _latex(self, printer, exp=None):
+        # a power of a sum (rsum(x)**2) reaches here with its exponent: sympy's printer passes it to functions
+        body = self.latex_sum + r"\left(" + printer._print(self.args[0]) + r"\right)"
+        return body if exp is None else r"\left(" + body + r"\right)^{" + exp + "}"
 
 
 class rsum(_SetSum):

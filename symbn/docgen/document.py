@@ -1,6 +1,7 @@
 """Derivation documents (GitHub Markdown, standalone HTML, LaTeX) built from the same Derivation the kernels come from.
 
-Python does the mathematics and the naming here; a writer (symbn/docgen/formats.py) spells each piece in its format, and the
+The mathematics, down to the stages of the simplification and the identities that act in them, is the Derivation's;
+this module names it and explains it, a writer (symbn/docgen/formats.py) spells each piece in its format, and the
 templates in templates/ receive finished strings, lists and booleans and only lay them out.
 """
 
@@ -17,7 +18,7 @@ import sympy
 from symbn.version import __version__
 from symbn.docgen import diagram
 from symbn import escape
-from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, _eliminate, _pull, derive
+from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, derive
 from symbn.docgen.formats import WRITERS, Writer, tex_lines
 from symbn.docgen.formats import tex as latex  # documents print products visibly
 from symbn.codegen.store import CATALOGUE_DIR
@@ -27,7 +28,7 @@ from symbn.core.printing import latex_name
 from symbn.templating import render
 from symbn.core.describe import axis_names
 from symbn.core.spec import PRESETS, RUNNING, Spec
-from symbn.core.symbols import BETA, GAMMA, X, rsum
+from symbn.core.symbols import GAMMA
 
 SIGNATURE = "symbn derivation document"  # in a comment at the top of every file written here
 TEMPLATES = {"md": "docs/derivation.md.j2", "html": "docs/derivation.html.j2", "tex": "docs/derivation.tex.j2"}
@@ -188,21 +189,12 @@ def _spec_section(d: Derivation, w: Writer, s: dict) -> dict:
         rows.append(("ddof", f"{spec.ddof} (no central moment in this forward, so it changes nothing)"))
     rows.append(("running statistics", f"{spec.running} convention, momentum {spec.momentum:g}"))
     forward = sympy.Symbol("y")
-    full = g_full(d)
     off = [f"${latex_name(leaf)} = {value}$" for leaf, value, on in (("beta", 0, spec.center), ("gamma", 1, spec.scale))
            if not on and leaf in spec.expression]
     expression = w.code(spec.expression) + (w.prose(" with " + _words(off)) if off else "")
     return dict(summary=w.prose(summary[0].upper() + summary[1:] + "."), expression=expression,
-                full=_display(w, forward, full),
+                full=_display(w, forward, d.graph.definition()),
                 rows=[(w.text(k), w.prose(v)) for k, v in rows])
-
-
-def g_full(d: Derivation) -> sympy.Expr:
-    """The forward output with every node substituted: the definition in x, the parameters and sums."""
-    env: dict = {}
-    for n in d.graph.nodes:
-        env[n.symbol] = n.expr.xreplace(env)
-    return env[d.graph.output.symbol]
 
 
 _KIND = {ELEM: "per element", REDUCE: "statistic (a reduction over the set)", "stat": "per statistic"}
@@ -234,15 +226,12 @@ def _staged_section(d: Derivation, w: Writer) -> dict:
 
 
 def _simplification_section(d: Derivation, w: Writer) -> list[dict]:
-    out, previous = [], None
-    for k, (title, e) in enumerate(d.rewrites, 1):
-        same = previous is not None and e == previous
-        sentence = _STAGE_TEXT.get(title, lambda _d: "")(d)
-        if same:
-            sentence += " For this spec nothing changes at this stage."
-        out.append(dict(number=k, title=w.text(title[0].upper() + title[1:]), sentence=w.prose(sentence),
-                        math=None if same else _display(w, DX, e)))
-        previous = e
+    out = []
+    for k, stage in enumerate(d.stages, 1):
+        title, explain = _STAGES[stage.key]
+        sentence = explain(d) + ("" if stage.changed else " For this spec nothing changes at this stage.")
+        out.append(dict(number=k, title=w.text(title), sentence=w.prose(sentence),
+                        math=_display(w, DX, stage.dx) if stage.changed else None))
     return out
 
 
@@ -251,19 +240,7 @@ def _identity_text(d: Derivation) -> str:
 
 
 def _zero_sums(d: Derivation) -> list[str]:
-    """Per-element nodes whose sum over the set vanishes by the identities, e.g. sum(x - mu) = 0."""
-    base = d.graph.base()
-    varying = {X} | ({GAMMA, BETA} if d.spec.param_varies else set())
-    rules = dict(d.identities)
-    out = []
-    for n in d.graph.nodes:
-        e = base[n.symbol] if n.kind == ELEM else None
-        if e is None or e.has(GAMMA) or e.has(BETA) or n.symbol == d.graph.output.symbol:
-            continue
-        # The same pull rule the derivation applies, then the identities it found.
-        if sympy.expand(_pull(rsum(e), varying).xreplace(rules)) == 0:
-            out.append(f"$\\sum {latex_name(n.name)} = \\sum\\left({latex(e)}\\right) = 0$")
-    return out
+    return [f"$\\sum {latex_name(s.name)} = \\sum\\left({latex(e)}\\right) = 0$" for s, e in d.vanishing]
 
 
 def _first_elementwise(d: Derivation, shown: int = 3) -> str:
@@ -275,40 +252,39 @@ def _coordinate_text(d: Derivation) -> str:
     if d.primal:
         return ("No affine normalized coordinate exists for this forward (its derivative in $x$ still depends on "
                 "$x$), so the result stays in $x$; the set constants are pulled out of the sums once more.")
-    (xhat, u) = d.coordinates[-1]
-    text = f"Change to the normalized coordinate ${_assign(xhat, u)}$"
-    solved = sympy.solve(sympy.Eq(xhat, u), X)
-    if len(solved) == 1:
-        text += f", that is $x = {latex(solved[0])}$"
-    inv = sympy.diff(u, X)
-    chain = _eliminate(d.graph, inv) if inv.is_Symbol else {}
-    if chain:
+    c = d.coordinate_change
+    text = f"Change to the normalized coordinate ${_assign(c.symbol, c.value)}$"
+    if c.x is not None:
+        text += f", that is $x = {latex(c.x)}$"
+    if c.chain:
         text += ", and write the statistics behind the inverse scale in it: " + _words(
-            [f"${_assign(s, e)}$" for s, e in chain.items()])
+            [f"${_assign(s, e)}$" for s, e in c.chain])
     return text + ". Then pull the set constants out of the sums again: the sums are now of $\\mathrm{d}y$ and $\\hat{x}$."
 
 
-_STAGE_TEXT = {
-    "inline": lambda d: (f"Substitute each staged adjoint into the ones that use it, so that the {len(d.steps)} "
-                         "separate steps become one expression for $\\mathrm{d}x$ in the forward's nodes."),
-    "elementwise nodes in x and the statistics": lambda d: (
+# Title and explanation of each stage of the simplification, by Stage.key.
+_STAGES = {
+    "inline": ("Inline", lambda d: (
+        f"Substitute each staged adjoint into the ones that use it, so that the {len(d.steps)} separate steps become "
+        "one expression for $\\mathrm{d}x$ in the forward's nodes.")),
+    "elementwise_in_x": ("Elementwise nodes in x and the statistics", lambda d: (
         "Write every per-element node (" + _first_elementwise(d)
-        + ") in $x$ and the statistics, so that each sum shows exactly what varies over the set."),
-    "set-constant factors out of the sums": lambda d: (
+        + ") in $x$ and the statistics, so that each sum shows exactly what varies over the set.")),
+    "constants_out": ("Set-constant factors out of the sums", lambda d: (
         "Pull every factor that is constant over one reduction set out of the sums: $\\sum c v = c \\sum v$ and "
         "$\\sum 1 = M$. The statistics are such constants"
         + (", while $\\gamma$ varies inside a set here (it spans reduced axes) and stays inside."
            if d.spec.param_varies and GAMMA in d.graph.leaves else
-           (", and so is $\\gamma$ (one value per set)." if GAMMA in d.graph.leaves else "."))),
-    "sums the forward defines": lambda d: (
+           (", and so is $\\gamma$ (one value per set)." if GAMMA in d.graph.leaves else ".")))),
+    "identities": ("Sums the forward defines", lambda d: (
         "Replace the sums that the forward's own statistics define: " + _identity_text(d) + "."
         + (" This is where " + _words(_zero_sums(d)) + (" act" if len(_zero_sums(d)) > 1 else " acts")
            + ": the terms that carried them cancel."
-           if _zero_sums(d) else "")),
-    "normalized coordinate": _coordinate_text,
-    "named reductions, factored": lambda d: (
+           if _zero_sums(d) else ""))),
+    "coordinate": ("Normalized coordinate", _coordinate_text),
+    "named_reductions": ("Named reductions, factored", lambda d: (
         "Give each remaining sum a name (" + _words([f"${_assign(s, e)}$" for s, e in d.reductions] or ["none"])
-        + ") and keep the shortest factored form. This is the compact backward the kernels compute."),
+        + ") and keep the shortest factored form. This is the compact backward the kernels compute.")),
 }
 
 

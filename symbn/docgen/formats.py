@@ -180,7 +180,7 @@ class Tex(Writer):
                    + latex + "$}\n\\]"
         return f"\\[\n{latex}\n\\]"
 
-    def link(self, label: str, href: str) -> str:
+    def link(self, label: str, href: str) -> str:  # noqa: ARG002 - a standalone .tex has no place to link to
         return self.code(label)
 
 
