@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from symbn.codegen.store import load, write_atomic
-from symbn.core.spec import LAYOUTS, preset
+from symbn.core.spec import LAYOUTS, RUNNING, preset
 
 #: Default eps and momentum of each running-statistics convention.
-CONVENTIONS = {"pytorch": {"eps": 1e-5, "momentum": 0.1}, "keras": {"eps": 1e-3, "momentum": 0.99}}
 
 
 class Layer:
@@ -394,10 +393,10 @@ class BatchNorm(_PerChannel):
     def __init__(self, num_features: int, layout: str = "NC", *, eps: float | None = None,
                  momentum: float | None = None, running: str = "pytorch", affine: bool = True,
                  track_running_stats: bool = True, backend: str = "numpy", dtype=np.float64):
-        if not isinstance(running, str) or running not in CONVENTIONS:
-            raise ValueError(f"running: expected one of {', '.join(CONVENTIONS)}; got {running!r}")
-        eps = CONVENTIONS[running]["eps"] if eps is None else check_eps(eps)
-        momentum = CONVENTIONS[running]["momentum"] if momentum is None else check_momentum(momentum)
+        if not isinstance(running, str) or running not in RUNNING:
+            raise ValueError(f"running: expected one of {', '.join(RUNNING)}; got {running!r}")
+        eps = RUNNING[running].eps if eps is None else check_eps(eps)
+        momentum = RUNNING[running].momentum if momentum is None else check_momentum(momentum)
         track_running_stats = flag("track_running_stats", track_running_stats)
         num_features = positive_int("num_features", num_features)
         spec = preset("batch", _layout(layout), running=running, eps=eps, momentum=momentum)

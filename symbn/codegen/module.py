@@ -15,17 +15,13 @@ from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.stamp import DTYPES, input_digest
 from symbn.core.derive import DX, derive
 from symbn.core.printing import text
-from symbn.core.spec import Spec
+from symbn.core.spec import RUNNING, Spec
 from symbn.core.symbols import DY, MOMENTUM, X
 from symbn.templating import render
 from symbn.version import __version__
 
 BACKENDS = ("numpy", "numba")
 
-_RUNNING_RULES = {
-    "pytorch": "r <- (1 - momentum)*r + momentum*s, central moments corrected by M/(M-1)",
-    "keras": "r <- momentum*r + (1 - momentum)*s, uncorrected",
-}
 _NUMPY_NAMES = {X: "xb", DY: "dyb"}
 
 
@@ -77,7 +73,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         params=params, has_gamma="gamma" in params, has_beta="beta" in params,
         grads=["dx"] + ["d" + q for q in params],
         grads_tuple="(" + ", ".join(["dx"] + ["d" + q for q in params]) + ("," if not params else "") + ")",
-        running_rule=_RUNNING_RULES[spec.running],
+        running_rule=RUNNING[spec.running].rule,
         saved=[s.name for s in p.saved], saved_tuple=repr(tuple(s.name for s in p.saved)),
         running=running, running_tuple=repr(tuple(running)), running_convention=spec.running,
         batch_stats=[r.name for r in reductions], train_out=[s.name for s in p.train_out],

@@ -101,16 +101,23 @@ def catalog_jobs(out_dir: Path) -> list[tuple[Path, str]]:
 
 def stale(out_dir: Path) -> list[str]:
     """Unified diffs between what the catalogue generates now and what *out_dir* holds (empty: fresh)."""
+    return folder_diffs(out_dir, {path.name: text for path, text in catalog_jobs(out_dir)},
+                        ours=lambda path: path.suffix == ".py")
+
+
+def folder_diffs(out_dir: Path, files: dict[str, str], ours, mask=lambda text: text) -> list[str]:
+    """Unified diffs between *files* (name -> text) and *out_dir*, both read through *mask*, and the files of
+    *out_dir* that *ours* (a path -> bool) says a writer of *files* made but *files* no longer holds."""
     diffs = []
-    expected = catalog_jobs(out_dir)
-    for path, text in expected:
-        old = path.read_text() if path.exists() else ""
-        if old != text:
-            diffs.append("".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
-                                                      str(path) + " (committed)", str(path) + " (regenerated)")))
-    extra = {p for p in out_dir.glob("*.py")} - {p for p, _ in expected}
-    diffs += [f"{p}: not in the catalogue any more\n" for p in sorted(extra)]
-    return diffs
+    for name, text in sorted(files.items()):
+        path = out_dir / name
+        old = mask(path.read_text(errors="replace")) if path.is_file() else ""
+        new = mask(text)
+        if old != new:
+            diffs.append("".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                                      f"{path} (committed)", f"{path} (regenerated)")))
+    extra = sorted(p for p in out_dir.glob("*") if p.is_file() and p.name not in files and ours(p))
+    return diffs + [f"{p}: not in the catalogue any more\n" for p in extra]
 
 
 def cache_dir() -> Path:

@@ -21,7 +21,7 @@ import sympy
 
 from symbn.core import graph as graphs
 from symbn.core.graph import ELEM, REDUCE, Graph, Node
-from symbn.core.spec import Spec
+from symbn.core.spec import RUNNING, Spec
 from symbn.core.symbols import BETA, DY, GAMMA, M, MOMENTUM, X, XHAT, psum, rsum, sym
 
 DX, DGAMMA, DBETA = sym("dx"), sym("dgamma"), sym("dbeta")
@@ -366,15 +366,16 @@ def _tidy(e: sympy.Expr) -> sympy.Expr:
 
 
 def _running(g: Graph, ddof: int, convention: str) -> Program:
-    """r <- (1-m) r + m s (PyTorch, central moments corrected by M/(M-1)) or r <- m r + (1-m) s (Keras)."""
+    """The running-statistic updates of the convention (symbn.core.spec.RUNNING)."""
+    rule = RUNNING[convention]
     out = []
     for r in g.reductions:
         running = sym("running_" + r.name)
-        if convention == "pytorch":
-            value = r.symbol * (M / (M - 1) if r.central and ddof == 0 else 1)
+        value = r.symbol * (M / (M - 1) if rule.unbiased and r.central and ddof == 0 else 1)
+        if rule.momentum_on_batch:
             out.append((running, (1 - MOMENTUM) * running + MOMENTUM * value))
         else:
-            out.append((running, MOMENTUM * running + (1 - MOMENTUM) * r.symbol))
+            out.append((running, MOMENTUM * running + (1 - MOMENTUM) * value))
     return tuple(out)
 
 

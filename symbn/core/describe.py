@@ -5,7 +5,7 @@ from __future__ import annotations
 from symbn.core.derive import Derivation
 from symbn.core.graph import ELEM, REDUCE
 from symbn.core.printing import text
-from symbn.core.spec import LAYOUTS, PRESETS, Spec
+from symbn.core.spec import PRESETS, Spec
 
 _KIND = {ELEM: "per element", REDUCE: "statistic", "stat": "per statistic"}
 
@@ -79,15 +79,4 @@ def derivation_text(d: Derivation) -> str:
     rest = tuple(a for a in range(spec.ndim) if a not in spec.param_axes)
     out += ["", f"sum(.) runs over the M elements of one statistic; psum(.) over the axes the parameters do not span "
                 f"{rest} ({', '.join(names[a] for a in rest)})"]
-    return "\n".join(out) + "\n"
-
-
-def list_text() -> str:
-    out = ["presets"]
-    for name, row in PRESETS.items():
-        out.append(f"  {name:<9} {row.summary}" + ("  (needs --groups G)" if row.grouped else ""))
-        out.append(f"  {'':<9} y = gamma*({row.core})" + (" + beta" if row.center else ""))
-    out += ["", "layouts (batch, channel, spatial axes)"]
-    for name, lay in LAYOUTS.items():
-        out.append(f"  {name:<6} batch {lay.batch}, channel {lay.channel}, spatial {lay.spatial}")
     return "\n".join(out) + "\n"

@@ -54,7 +54,27 @@ PRESETS = {
     "rms": Preset(RMS, ("channel", "spatial"), "reduced", center=False, summary="root mean square per sample, no centring; gamma only"),
 }
 
-RUNNING = {"pytorch": 0.1, "keras": 0.99}
+@dataclass(frozen=True)
+class Convention:
+    """How running statistics follow the batch ones, as a framework keeps them: the one place each rule is written."""
+
+    label: str
+    momentum: float  # the default
+    eps: float  # the framework's default eps (symbn.layers)
+    momentum_on_batch: bool  # True: r <- (1 - m) r + m s; False: r <- m r + (1 - m) s
+    unbiased: bool  # central moments enter corrected by M/(M - 1) when ddof is 0
+    rule: str  # the update in words, for docstrings
+    rule_tex: str  # the same for documents ($...$ marks LaTeX)
+
+
+RUNNING = {
+    "pytorch": Convention("PyTorch", 0.1, 1e-5, True, True,
+                          "r <- (1 - momentum)*r + momentum*s, central moments corrected by M/(M-1)",
+                          "$r \\leftarrow (1 - m)\\, r + m s$; a central moment such as the variance enters "
+                          "unbiased, multiplied by $\\frac{M}{M - 1}$, when ddof is 0"),
+    "keras": Convention("Keras", 0.99, 1e-3, False, False, "r <- momentum*r + (1 - momentum)*s, uncorrected",
+                        "$r \\leftarrow m r + (1 - m)\\, s$, with the statistic as computed"),
+}
 
 
 class SpecError(ValueError):
@@ -120,7 +140,7 @@ class Spec:
             parts.append(self.running)
         if self.eps != 1e-5:
             parts.append("eps" + _token(self.eps))
-        if self.momentum != RUNNING[self.running]:
+        if self.momentum != RUNNING[self.running].momentum:
             parts.append("momentum" + _token(self.momentum))
         return "_".join(parts)
 
@@ -206,7 +226,7 @@ def _validate(spec: Spec) -> None:
     if not isinstance(spec.running, str) or spec.running not in RUNNING:
         raise SpecError("running", spec.running, f"one of {sorted(RUNNING)}")
     if spec.momentum is None:
-        object.__setattr__(spec, "momentum", RUNNING[spec.running])
+        object.__setattr__(spec, "momentum", RUNNING[spec.running].momentum)
     object.__setattr__(spec, "momentum", _real("momentum", spec.momentum, "a number strictly between 0 and 1",
                                                lambda v: 0 < v < 1))
     for flag, leaf in (("center", "beta"), ("scale", "gamma")):

@@ -7,7 +7,6 @@ templates in templates/ receive finished strings, lists and booleans and only la
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -295,20 +294,13 @@ def _eval_note(d: Derivation) -> str:
             "path from $x$ to $y$ is left.")
 
 
-_RULES = {
-    "pytorch": ("PyTorch", "$r \\leftarrow (1 - m)\\, r + m s$; a central moment such as the variance enters "
-                "unbiased, multiplied by $\\frac{M}{M - 1}$, when ddof is 0"),
-    "keras": ("Keras", "$r \\leftarrow m r + (1 - m)\\, s$, with the statistic as computed"),
-}
-
-
 def _running_section(d: Derivation, w: Writer) -> list[dict]:
     out = []
     for convention in sorted(RUNNING, key=lambda c: c != d.spec.running):
         spec = d.spec if convention == d.spec.running else d.spec.with_options(running=convention, momentum=None)
-        label, rule = _RULES[convention]
-        out.append(dict(label=w.text(label), ours=convention == d.spec.running,
-                        rule=w.prose(f"{rule}; momentum $m = {spec.momentum:g}$ by default."),
+        rule = RUNNING[convention]
+        out.append(dict(label=w.text(rule.label), ours=convention == d.spec.running,
+                        rule=w.prose(f"{rule.rule_tex}; momentum $m = {spec.momentum:g}$ by default."),
                         lines=[_display(w, s, e, r"\leftarrow") for s, e in derive(spec).running]))
     return out
 
@@ -407,19 +399,14 @@ def mask_measured(text: str) -> str:
 
 
 def stale(out_dir: Path, files: dict[str, str]) -> list[str]:
-    """Differences between *files* and *out_dir*, measured values aside (empty: fresh)."""
-    diffs = []
-    for name, text in sorted(files.items()):
-        path = out_dir / name
-        old = path.read_text() if path.exists() else ""
-        if mask_measured(old) != mask_measured(text):
-            diffs.append("".join(difflib.unified_diff(mask_measured(old).splitlines(True),
-                                                      mask_measured(text).splitlines(True),
-                                                      f"{path} (committed)", f"{path} (regenerated)")))
-    # Only files this module wrote count as left over: docs/ holds other documents too.
-    extra = sorted(p.name for p in out_dir.glob("*.*") if p.suffix in (".md", ".html") and p.name not in files
-                   and SIGNATURE in p.read_text(errors="replace")[:300])
-    return diffs + [f"{out_dir / name}: not in the catalogue any more\n" for name in extra]
+    """Differences between *files* and *out_dir*, measured values aside (empty: fresh). Only documents written here
+    count as left over: docs/ holds other documents too."""
+    from symbn.codegen.store import folder_diffs
+
+    def ours(path: Path) -> bool:
+        return path.suffix in (".md", ".html") and SIGNATURE in path.read_text(errors="replace")[:300]
+
+    return folder_diffs(out_dir, files, ours, mask_measured)
 
 
 def write(out_dir: Path, files: dict[str, str]) -> list[Path]:
