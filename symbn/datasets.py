@@ -15,7 +15,7 @@ IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def read_idx(path) -> np.ndarray:
+def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (optionally gzip-compressed, by its .gz suffix) as an array in native byte order."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -54,7 +54,8 @@ def _find(folder: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{folder}: no {stem} (or {dotted}, optionally .gz); expected the four MNIST IDX files")
 
 
-def load_mnist(folder):
+def load_mnist(folder: str | Path) -> tuple[np.typing.NDArray[np.float64], np.typing.NDArray[np.int64],
+                                            np.typing.NDArray[np.float64], np.typing.NDArray[np.int64]]:
     """MNIST from the four IDX files in *folder*: (x_train, y_train, x_test, y_test), images flattened to 784
     features scaled to [0, 1]."""
     folder = Path(folder)
@@ -69,7 +70,9 @@ def load_mnist(folder):
     return images[0], labels[0], images[1], labels[1]
 
 
-def load_digits(test_size: int = 497, seed: int = 0):
+def load_digits(test_size: int = 497, seed: int | None = 0,
+                ) -> tuple[np.typing.NDArray[np.float64], np.typing.NDArray[np.int64],
+                           np.typing.NDArray[np.float64], np.typing.NDArray[np.int64]]:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download): (x_train, y_train, x_test, y_test),
     64 features scaled to [0, 1], split at random (seeded)."""
     if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, np.integer)) \
@@ -86,7 +89,8 @@ def load_digits(test_size: int = 497, seed: int = 0):
 
 
 def make_classification(n_samples: int = 2000, n_features: int = 20, n_informative: int = 6, n_redundant: int = 4,
-                        class_sep: float = 1.0, flip: float = 0.02, seed: int = 0):
+                        class_sep: float = 1.0, flip: float = 0.02, seed: int | None = 0,
+                        ) -> tuple[np.typing.NDArray[np.float64], np.typing.NDArray[np.float64]]:
     """A binary classification set in the manner of sklearn's make_classification, in plain NumPy (seeded):
     two Gaussian clusters per class in an informative subspace, redundant features that are linear combinations of
     them, pure-noise features, columns shuffled and a fraction *flip* of the labels flipped. Returns (x, y)."""

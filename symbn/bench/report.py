@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from itertools import groupby
 from pathlib import Path
-
-SHORT = {"naive-numpy": "naive", "symbn-numpy": "numpy", "symbn-numba": "numba", "symbn-numba-out": "numba out=",
-         "torch": "torch"}
 
 
 def _blocks(result: dict):
@@ -101,51 +99,119 @@ def write_json(result: dict, path: Path) -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
 
 
+def read_json(path: Path) -> dict:
+    """The result as write_json wrote it: enough for the tables and the chart again, without measuring anything
+    (``write_plot(read_json(Path("docs/bench/bench.json")), Path("docs/bench/bench.png"))``)."""
+    return json.loads(Path(path).read_text())
+
+
+PLOT_PASS = "forward+backward"  # a training step: what the chart shows
+PLOT_IMPL = "symbn-numba"  # the generated Numba module, fresh outputs (the summary table's main column)
+DTYPE_COLORS = {"float32": "#4C72B0", "float64": "#DD8452"}
+
+
 def write_plot(result: dict, path: Path) -> None:
-    """Rows: passes. Left: speed-up over PyTorch (log scale); right: fraction of the bandwidth bound."""
+    """Two panels, one row per case and a bar per dtype, for the generated Numba module's forward+backward:
+    left, its speed-up over PyTorch (log scale, bars growing from the 1x line: right is faster, left slower);
+    right, its rate as a fraction of the measured memory-bandwidth bound. Every other figure is in the tables."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display is needed or wanted
     import matplotlib.pyplot as plt
-    import numpy as np
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     settings = result["settings"]
-    passes = settings["passes"]
-    keys = [k for k, _ in _blocks(result)]
-    labels = [f"{case} {dtype.replace('float', 'f')}" for case, dtype in keys]
-    rows = {(r["case"], r["dtype"], r["pass"], r["impl"]): r for r in result["results"]}
-    fig, axes = plt.subplots(len(passes), 2, figsize=(max(12, 0.9 * len(keys) + 4), 3.6 * len(passes)),
-                             squeeze=False)
-    x = np.arange(len(keys))
-    ours = [impl for impl in settings["impls"] if impl != "torch"]
-    for i, p in enumerate(passes):
-        for j, (impls, metric) in enumerate(((ours, "speedup"), (settings["impls"], "fraction_of_bound"))):
-            ax = axes[i][j]
-            width = 0.8 / len(impls)
-            for k, impl in enumerate(impls):
-                vals = []
-                for case, dtype in keys:
-                    r = rows.get((case, dtype, p, impl))
-                    if metric == "speedup":
-                        vals.append(r["speedup_vs_torch"]["median"] if r and "speedup_vs_torch" in r else np.nan)
-                    else:
-                        vals.append(r[metric] if r else np.nan)
-                ax.bar(x + (k - (len(impls) - 1) / 2) * width, vals, width, label=SHORT[impl])
-            if metric == "speedup":
-                ax.set_yscale("log")
-                ax.axhline(1.0, color="black", lw=0.8)
-                ax.set_ylabel(f"{p}\nspeed-up over PyTorch")
-            else:
-                ax.axhline(1.0, color="black", lw=0.8)
-                ax.set_ylabel(f"{p}\nfraction of {result['bandwidth']['bound_gbps']:.0f} GB/s")
-            ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right", rotation_mode="anchor")
-            ax.grid(axis="y", alpha=0.3)
-            if i == 0:
-                ax.legend(fontsize=8, ncol=len(impls))
-    m = result["machine"]
-    fig.suptitle(f"symbn bench: {m['cpu']}, {settings['threads']} threads, median of {settings['repeat']} runs"
-                 f"{' (smoke)' if settings['smoke'] else ''}")
-    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title above the legends
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    rows = {(r["case"], r["dtype"]): r for r in result["results"]
+            if r["pass"] == PLOT_PASS and r["impl"] == PLOT_IMPL}
+    cases = list(dict.fromkeys(case for case, _ in rows))
+    dtypes = [d for d in DTYPE_COLORS if any(dt == d for _, dt in rows)]
+    dtypes += sorted({dt for _, dt in rows} - set(dtypes))
+    colors = {d: DTYPE_COLORS.get(d, f"C{i + 2}") for i, d in enumerate(dtypes)}
+    height = 0.8 / max(len(dtypes), 1)
+
+    def offset(k):
+        return (k - (len(dtypes) - 1) / 2) * height
+
+    def label(case):
+        shape = next(r["shape"] for (c, _), r in rows.items() if c == case)
+        return case + "\n" + "\u00d7".join(str(n) for n in shape)
+
+    bound = result["bandwidth"]["bound_gbps"]
+    with plt.rc_context({"font.size": 13, "axes.titlesize": 15, "axes.labelsize": 13, "ytick.labelsize": 13,
+                         "xtick.labelsize": 12, "legend.fontsize": 13}):
+        fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(14, 1.6 + 0.8 * max(len(cases), 3)),
+                                          gridspec_kw={"width_ratios": (1.15, 1)})
+        y = list(range(len(cases)))
+
+        # speed-up over PyTorch, bars from the 1x line
+        speedups = {key: r["speedup_vs_torch"]["median"] for key, r in rows.items() if "speedup_vs_torch" in r}
+        left.set_xscale("log")
+        lo = min([0.5, *(0.4 * v for v in speedups.values())])  # room for labels
+        hi = max([4.0, *(2.0 * v for v in speedups.values())])
+        left.set_xlim(lo, hi)
+        left.axvspan(lo, 1.0, color="0.92", zorder=0)
+        left.axvline(1.0, color="black", lw=2, zorder=3)
+        for k, d in enumerate(dtypes):
+            for i, case in enumerate(cases):
+                v = speedups.get((case, d))
+                if v is None:
+                    continue
+                left.barh(i + offset(k), v - 1.0, height, left=1.0, color=colors[d], zorder=2)
+                left.text(v * 1.04 if v >= 1 else v / 1.04, i + offset(k), f"{v:.2f}x" if v < 10 else f"{v:.1f}x",
+                          va="center", ha="left" if v >= 1 else "right", fontsize=11)
+        steps = (1, 2, 3, 5) if hi / lo < 100 else (1, 2, 5) if hi / lo < 1000 else (1,)
+        ticks = [float(f"{s}e{e}") for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                 for s in steps if lo <= s * 10.0 ** e <= hi]
+        left.xaxis.set_major_locator(FixedLocator(ticks))
+        left.xaxis.set_minor_locator(NullLocator())
+        left.set_xticklabels([f"{t:g}x" for t in ticks])
+        left.grid(axis="x", alpha=0.35, zorder=1)
+        left.set_title("Speed-up over PyTorch", pad=26)
+        left.set_xlabel("PyTorch time / symbn time (log scale; median of paired runs)")
+        left.text(1.0, 1.0, " faster \u2192", transform=left.get_xaxis_transform(), ha="left", va="bottom",
+                  fontsize=12)
+        left.text(1.0, 1.0, "\u2190 slower ", transform=left.get_xaxis_transform(), ha="right", va="bottom",
+                  fontsize=12)
+        if not speedups:
+            left.text(0.5, 0.5, "PyTorch was not measured in this run", transform=left.transAxes, ha="center",
+                      va="center", fontsize=14, color="0.3",
+                      bbox={"facecolor": "white", "edgecolor": "none"})
+
+        # fraction of the bandwidth bound
+        fractions = {key: r["fraction_of_bound"] for key, r in rows.items()}
+        for k, d in enumerate(dtypes):
+            for i, case in enumerate(cases):
+                v = fractions.get((case, d))
+                if v is None:
+                    continue
+                right.barh(i + offset(k), v, height, color=colors[d], zorder=2)
+                right.text(v + 0.01, i + offset(k), f"{v:.0%}", va="center", ha="left", fontsize=11)
+        right.axvline(1.0, color="black", lw=2, zorder=3)
+        right.text(1.0, 1.0, "bound", transform=right.get_xaxis_transform(), ha="center", va="bottom", fontsize=12)
+        right.set_xlim(0, max([1.12, *(v + 0.12 for v in fractions.values())]))
+        right.xaxis.set_major_locator(FixedLocator([0, 0.25, 0.5, 0.75, 1.0]))
+        right.set_xticklabels(["0", "25%", "50%", "75%", "100%"])
+        right.grid(axis="x", alpha=0.35, zorder=1)
+        right.set_title("Fraction of the memory-bandwidth bound", pad=26)
+        least = settings.get("bytes_model", {}).get(PLOT_PASS, "5*E*s").replace("*", "\u00b7")
+        right.set_xlabel(f"GB/s over the least bytes moved ({least}) / {bound:.1f} GB/s")
+        right.tick_params(axis="y", left=False)
+
+        left.set_yticks(y, [label(c) for c in cases])
+        left.set_ylim(len(cases) - 0.5, -0.5)  # the first case measured on top
+        left.tick_params(axis="y", length=0)
+        m = result["machine"]
+        inch = 1 / fig.get_figheight()  # the header keeps its size in inches whatever the number of cases
+        fig.text(0.01, 1 - 0.12 * inch, f"symbn's generated Numba kernels, {PLOT_PASS}", ha="left", va="top",
+                 fontsize=17)
+        fig.text(0.01, 1 - 0.48 * inch, f"{'SMOKE RUN (tiny sizes, not a measurement): ' if settings['smoke'] else ''}"
+                 f"{m['cpu']}, {settings['threads']} threads, median of {settings['repeat']} cold-cache runs; "
+                 f"bound: streaming read rate measured in the same run", ha="left", va="top", fontsize=12,
+                 color="0.3")
+        fig.legend(handles=[Patch(color=colors[d], label=d) for d in dtypes], loc="upper right", ncol=len(dtypes),
+                   frameon=False, bbox_to_anchor=(0.99, 1 - 0.05 * inch))
+        fig.subplots_adjust(left=0.13, right=0.985, wspace=0.05, top=1 - 1.25 * inch, bottom=0.75 * inch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
