@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import jinja2
 
 
 def templates_dir() -> Path:
@@ -18,7 +17,9 @@ def templates_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def environment() -> jinja2.Environment:
+def environment():
+    import jinja2  # here: symbn.load of a cached module reads template text for its hash but renders nothing
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,

@@ -12,7 +12,7 @@ from symbn.codegen.elementwise import used
 from symbn.codegen.lowering import Lowering, lower
 from symbn.codegen.plan import plan
 from symbn.codegen.printers import numpy_code, reads
-from symbn.codegen.stamp import DTYPES, input_digest
+from symbn.codegen.stamp import BACKENDS, DTYPES, input_digest, module_name
 from symbn.core.derive import DX, derive
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
@@ -20,13 +20,7 @@ from symbn.core.symbols import DY, MOMENTUM, X
 from symbn.templating import render
 from symbn.version import __version__
 
-BACKENDS = ("numpy", "numba")
-
 _NUMPY_NAMES = {X: "xb", DY: "dyb"}
-
-
-def module_name(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> str:
-    return f"{spec.name}_{backend}" + ("" if tuple(dtypes) == DTYPES else "_" + "_".join(dtypes))
 
 
 def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog",

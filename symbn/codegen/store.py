@@ -1,4 +1,7 @@
-"""Writing generated modules safely, regenerating the catalogue, and loading modules through a cache."""
+"""Writing generated modules safely, regenerating the catalogue, and loading modules through a cache.
+
+The generator (symbn.codegen.module, and SymPy with it) is imported only where a module must be generated: loading a
+cached module needs neither."""
 
 from __future__ import annotations
 
@@ -9,8 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from symbn.codegen.module import BACKENDS, module_name, module_text
-from symbn.codegen.stamp import input_digest, stamp_problem
+from symbn.codegen.stamp import BACKENDS, input_digest, module_name, stamp_problem
 from symbn.core.spec import Spec
 
 
@@ -94,6 +96,7 @@ def write_modules(jobs: list[tuple[Path, str]], force: bool = False) -> list[Pat
 
 def catalog_jobs(out_dir: Path) -> list[tuple[Path, str]]:
     from symbn.codegen.catalogue import CATALOG
+    from symbn.codegen.module import module_text
 
     return [(out_dir / f"{module_name(spec, backend)}.py", module_text(spec, backend))
             for spec in CATALOG for backend in BACKENDS]
@@ -184,6 +187,8 @@ def load(spec: Spec, backend: str = "numba"):
     try:
         intact = path.is_file() and stamp_problem(path.read_text(errors="replace")) is None
         if not intact:
+            from symbn.codegen.module import module_text
+
             write_atomic(path, module_text(spec, backend, command=f"symbn.load(...) (spec {spec.name})", digest=digest))
     except OSError as err:
         raise OSError(f"symbn cache {cache_dir()}: cannot write {path.name} ({err.strerror or err}); set "

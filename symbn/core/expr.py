@@ -3,6 +3,11 @@
 The text is parsed with :func:`ast.parse` (which only builds a syntax tree) and then walked with a whitelist: every
 node type, name and call is checked before anything is built, so user text is never evaluated as Python.
 The result is a small immutable tree of tuples that :mod:`symbn.core.graph` lowers into a forward graph.
+
+Parsing and checking need no SymPy: :func:`parse_exact` holds numbers as exact :class:`fractions.Fraction` values and
+:func:`sympy_tree` turns them into SymPy numbers, importing SymPy only then; :func:`parse` does both. So a spec can be
+made (and a cached module loaded) without importing SymPy. mpmath, for the size checks of irrational constants, is
+imported only when such a constant turns up.
 """
 
 from __future__ import annotations
@@ -11,9 +16,6 @@ import ast
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
-
-import mpmath
-import sympy
 
 NAMES = ("x", "gamma", "beta", "eps")
 FUNCTIONS = ("sqrt", "exp", "log", "abs", "mean", "sum")
@@ -53,10 +55,18 @@ class ExpressionError(ValueError):
 
 
 def parse(text: str) -> tuple:
-    """Parse *text* into a tree of tuples: ('x',), ('num', Rational), ('add', a, b), ('call', 'mean', a), ...
+    """Parse *text* into a tree of tuples: ('x',), ('num', Rational), ('add', a, b), ('call', 'mean', a), ...,
+    its numbers SymPy Rationals (what :mod:`symbn.core.graph` builds on).
 
     Raises :class:`ExpressionError` for anything outside the whitelist.
     """
+    return sympy_tree(parse_exact(text))
+
+
+def parse_exact(text: str) -> tuple:
+    """The tree :func:`parse` returns, its numbers exact :class:`fractions.Fraction` values, without importing SymPy:
+    the same checks, the same errors, and a tree equal to parse's (a Fraction equals the Rational of its value).
+    :func:`to_text`, :func:`canonical`, :func:`contains` and :func:`excerpt` read either kind of tree alike."""
     if not isinstance(text, str):
         raise ExpressionError(str(text), f"expected a string, got {type(text).__name__}")
     if not text.strip():
@@ -77,6 +87,27 @@ def parse(text: str) -> tuple:
     tree = _Walker(text).visit(module.body)
     _Sizer(text).check_all(tree)
     return tree
+
+
+def sympy_tree(tree: tuple) -> tuple:
+    """*tree* (from :func:`parse_exact`) with its numbers as SymPy Rationals, as :func:`parse` returns it; imports
+    SymPy."""
+    import sympy
+
+    def convert(node):
+        if not isinstance(node, tuple) or not node:
+            return node
+        if node[0] == "num":
+            value = _fraction(node[1])
+            return ("num", sympy.Rational(value.numerator, value.denominator))
+        return tuple(convert(t) for t in node)
+
+    return convert(tree)
+
+
+def _fraction(value) -> Fraction:
+    """A number of a tree (a Fraction, or a SymPy Rational) as a Fraction."""
+    return value if isinstance(value, Fraction) else Fraction(int(value.numerator), int(value.denominator))
 
 
 class _Walker:
@@ -117,14 +148,13 @@ class _Walker:
             self.fail(f"{name}() takes exactly one positional argument")
         return ("call", name, self.visit(node.args[0]))
 
-    def _number(self, value) -> sympy.Rational:
+    def _number(self, value) -> Fraction:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(f"the constant {value!r} is not a real number")
         if value != value or abs(value) > MAX_LITERAL:
             self.fail(f"the number {value!r} is outside [-{MAX_LITERAL}, {MAX_LITERAL}]")
         # Exact: 1e-5 becomes 1/100000, so derivations and proofs stay in rational arithmetic.
-        frac = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
-        return sympy.Rational(frac.numerator, frac.denominator)
+        return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
 
     def _check_exponent(self, exponent: tuple):
         value = _constant_value(exponent)
@@ -255,16 +285,16 @@ def _operand(tree: tuple, least: int) -> str:
 def _number_text(value) -> tuple[str, int]:
     """An integer as digits; any other rational as the float literal that parses back to it (parse reads 1e-05 as
     exactly 1/100000, so every number parse() makes has one), else as a quotient (not a single number any more)."""
-    value = sympy.Rational(value)
+    value = _fraction(value)
     if value < 0:
         text, _ = _number_text(-value)
         return "-" + text, _PRECEDENCE["neg"]
-    if value.q == 1:
-        return str(value.p), _ATOM
+    if value.denominator == 1:
+        return str(value.numerator), _ATOM
     literal = repr(float(value))
-    if "inf" not in literal and Fraction(literal) == Fraction(value.p, value.q):
+    if "inf" not in literal and Fraction(literal) == value:
         return literal, _ATOM
-    return f"{value.p}/{value.q}", _PRECEDENCE["div"]
+    return f"{value.numerator}/{value.denominator}", _PRECEDENCE["div"]
 
 
 # --- size bounds -----------------------------------------------------------------------------------------------
@@ -294,6 +324,8 @@ def _log10(value) -> float:
     """log10 of the magnitude of a nonzero Fraction or mpf, without forming a huge float."""
     if isinstance(value, Fraction):
         return _int_log10(abs(value.numerator)) - _int_log10(value.denominator)
+    import mpmath
+
     return float(mpmath.log10(abs(value)))
 
 
@@ -315,15 +347,31 @@ def _digits(value) -> float:
 
 def _mpf(value):
     """A Fraction or mpf as an mpf at the working precision (call inside mpmath.workdps)."""
+    import mpmath
+
     if isinstance(value, Fraction):
         return mpmath.mpf(value.numerator) / value.denominator
     return mpmath.mpf(value)
 
 
 def _exact_root(value: Fraction, n: int) -> Fraction | None:
-    num, exact_num = sympy.integer_nthroot(value.numerator, n)
-    den, exact_den = sympy.integer_nthroot(value.denominator, n)
+    num, exact_num = _integer_nthroot(value.numerator, n)
+    den, exact_den = _integer_nthroot(value.denominator, n)
     return Fraction(num, den) if exact_num and exact_den else None
+
+
+def _integer_nthroot(y: int, n: int) -> tuple[int, bool]:
+    """(the integer part of the n-th root of y >= 0, whether it is exact), as sympy.integer_nthroot gives it."""
+    if y < 0 or n < 1:
+        raise ValueError(f"the {n}-th root of {y} is not a real integer root")
+    if y < 2 or n == 1:
+        return y, True
+    x = 1 << -(-y.bit_length() // n)  # 2**ceil(bits/n) > the root: Newton's steps fall from above to the root
+    while True:
+        smaller = ((n - 1) * x + y // x ** (n - 1)) // n
+        if smaller >= x:
+            return x, x**n == y
+        x = smaller
 
 
 class _Sizer:
@@ -358,7 +406,7 @@ class _Sizer:
     def visit(self, tree: tuple) -> _Size:
         kind = tree[0]
         if kind == "num":
-            return self.constant(tree, Fraction(int(tree[1].p), int(tree[1].q)))
+            return self.constant(tree, _fraction(tree[1]))
         if kind in NAMES:
             return _Size(None, 0.0, 1, 1, frozenset([kind]), True)
         if kind == "call":
@@ -420,7 +468,7 @@ class _Sizer:
         return replace(size, terms=terms)
 
     def constant(self, tree: tuple, value, root: int = 1, depth: int = 0) -> _Size:
-        if isinstance(value, mpmath.mpf) and value != 0 and abs(_log10(value)) > MAX_DIGITS:
+        if not isinstance(value, Fraction) and value != 0 and abs(_log10(value)) > MAX_DIGITS:  # an mpf
             self.fail(f"the constant {self.where(tree)} is out of range (its magnitude is 1e{_log10(value):+.0f}; "
                       f"constants must lie within 1e-{MAX_DIGITS}..1e{MAX_DIGITS})")
         digits = _digits(value)
@@ -434,10 +482,14 @@ class _Sizer:
     def arithmetic(self, tree: tuple, kind: str, a, b):
         if kind == "div" and b == 0:
             self.fail(f"division by zero in {self.where(tree)}")
+        op = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+              "div": lambda a, b: a / b}[kind]
+        if isinstance(a, Fraction) and isinstance(b, Fraction):
+            return op(a, b)  # exact
+        import mpmath
+
         with mpmath.workdps(60):
-            if not (isinstance(a, Fraction) and isinstance(b, Fraction)):
-                a, b = _mpf(a), _mpf(b)
-            return {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "div": lambda: a / b}[kind]()
+            return op(_mpf(a), _mpf(b))
 
     def function(self, tree: tuple, name: str, value):
         if name == "abs":
@@ -453,6 +505,8 @@ class _Sizer:
                 self.fail(f"the logarithm of a negative number is complex: {self.where(tree)}")
             if value == 1:
                 return Fraction(0)
+            import mpmath
+
             with mpmath.workdps(60):
                 return mpmath.log(_mpf(value))
         # exp
@@ -460,6 +514,8 @@ class _Sizer:
             return Fraction(1)
         if abs(value) > MAX_DIGITS * _LN10:
             self.fail(f"exp() of a constant beyond +-{MAX_DIGITS * _LN10:.0f} is out of range: {self.where(tree)}")
+        import mpmath
+
         with mpmath.workdps(60):
             return mpmath.exp(_mpf(value))
 
@@ -494,5 +550,7 @@ class _Sizer:
             result = whole if exponent.denominator == 1 else _exact_root(whole, exponent.denominator)
             if result is not None:
                 return 1 / result if inverted else result
+        import mpmath
+
         with mpmath.workdps(60):
             return mpmath.power(_mpf(value), _mpf(exponent))

@@ -152,7 +152,7 @@ class Spec:
     def digest(self, structural: bool = False) -> str:
         """A hash of everything that determines derived and generated output (*structural*: all but the names,
         eps and momentum, which the name shows on its own)."""
-        fields = (expr.to_text(self.tree), self.ndim, self.reduce_axes, self.param_axes, self.groups,
+        fields = (expr.to_text(_exact_tree(self)), self.ndim, self.reduce_axes, self.param_axes, self.groups,
                   self.channel_axis, self.center, self.scale, self.ddof, self.running)
         if not structural:
             fields += (repr(self.eps), repr(self.momentum), self.layout, self.preset)
@@ -176,7 +176,33 @@ class Spec:
         return size // self.groups if self.groups else size
 
     def with_options(self, **changes) -> Spec:
-        return replace(self, **changes)
+        return replace(self, **{"tree": None, **changes})  # the tree is rebuilt from the expression (unread: lazy)
+
+
+class _LazyTree:
+    """Spec.tree, the parsed expression with SymPy numbers (what symbn.core.derive reads), built on first use from
+    the SymPy-free tree the spec was checked with: making a spec, naming it or loading its cached module never
+    imports SymPy. Setting the field (the dataclass's __init__, _validate) stores the SymPy-free tree."""
+
+    def __get__(self, spec, owner=None):
+        if spec is None:
+            return None  # the field's default
+        tree = spec.__dict__.get("_sympy_tree")
+        if tree is None:
+            tree = spec.__dict__["_sympy_tree"] = expr.sympy_tree(_exact_tree(spec))
+        return tree
+
+    def __set__(self, spec, tree) -> None:
+        spec.__dict__["_exact_tree"] = tree
+        spec.__dict__.pop("_sympy_tree", None)
+
+
+Spec.tree = _LazyTree()  # after @dataclass, which keeps the field (default None, no compare, no repr)
+
+
+def _exact_tree(spec: Spec) -> tuple:
+    """The spec's tree with its numbers as Fractions (expr.parse_exact)."""
+    return spec.__dict__.get("_exact_tree")
 
 
 def _token(value: float) -> str:
@@ -189,7 +215,7 @@ def _digest(text: str) -> str:
 
 
 def _validate(spec: Spec) -> None:
-    tree = expr.parse(spec.expression)
+    tree = expr.parse_exact(spec.expression)
     object.__setattr__(spec, "tree", tree)
     # The spec keeps the expression as rebuilt from the checked tree: the text the user typed (comments, spacing)
     # goes no further than the parser.
@@ -249,7 +275,7 @@ def _validate_names(spec: Spec, tree: tuple) -> None:
         return
     if not isinstance(spec.preset, str) or spec.preset not in PRESETS:
         raise SpecError("preset", spec.preset, f"None or one of {', '.join(PRESETS)}")
-    if tree != expr.parse(_preset_expression(spec.preset)):
+    if tree != expr.parse_exact(_preset_expression(spec.preset)):
         raise SpecError("preset", spec.preset, f"None for an expression other than {spec.preset} norm's")
     if PRESETS[spec.preset].grouped != bool(spec.groups):
         raise SpecError("groups", spec.groups, "a number of groups for group norm" if PRESETS[spec.preset].grouped
@@ -355,7 +381,7 @@ def custom(expression: str, *, ndim: int, axes, param_axes, groups: int | None =
            channel_axis: int | None = None, center: bool | None = None, scale: bool | None = None,
            **options) -> Spec:
     """A spec from a forward expression and explicit axes; center/scale default to whether beta/gamma appear."""
-    tree = expr.parse(expression)
+    tree = expr.parse_exact(expression)
     return Spec(
         expression=expression,
         ndim=ndim,
