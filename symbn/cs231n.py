@@ -122,22 +122,24 @@ def _backward(dout, cache, staged=False):
     return dx, dgamma.reshape(shapes[0]), dbeta.reshape(shapes[1])
 
 
-def batchnorm_forward(x, gamma, beta, bn_param):
+def batchnorm_forward(x: np.typing.ArrayLike, gamma: np.typing.ArrayLike, beta: np.typing.ArrayLike,
+                      bn_param: dict) -> tuple[np.ndarray, tuple]:
     """Batch norm of x (N, D), gamma and beta (D,): (out, cache); running statistics updated in bn_param."""
     return _batchnorm(_array("x", x, 2), gamma, beta, bn_param, "NC")
 
 
-def batchnorm_backward(dout, cache):
+def batchnorm_backward(dout: np.typing.ArrayLike, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dx, dgamma, dbeta) by the staged backward: the forward graph's nodes differentiated one by one."""
     return _backward(dout, cache, staged=True)
 
 
-def batchnorm_backward_alt(dout, cache):
+def batchnorm_backward_alt(dout: np.typing.ArrayLike, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dx, dgamma, dbeta) from the compact form dx = gamma*istd/M*(M*dy - sum(dy) - xhat*sum(dy*xhat))."""
     return _backward(dout, cache)
 
 
-def layernorm_forward(x, gamma, beta, ln_param):
+def layernorm_forward(x: np.typing.ArrayLike, gamma: np.typing.ArrayLike, beta: np.typing.ArrayLike,
+                      ln_param: dict) -> tuple[np.ndarray, tuple]:
     """Layer norm of each row of x (N, D), gamma and beta (D,): (out, cache). Uses ln_param['eps'] (1e-5)."""
     x = _array("x", x, 2)
     eps = _eps("ln_param", _param_dict("ln_param", ln_param))
@@ -146,20 +148,22 @@ def layernorm_forward(x, gamma, beta, ln_param):
     return out, ("train", kernels, x, gamma, _shapes(gamma, beta), (mu, istd), eps)
 
 
-def layernorm_backward(dout, cache):
+def layernorm_backward(dout: np.typing.ArrayLike, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _backward(dout, cache)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+def spatial_batchnorm_forward(x: np.typing.ArrayLike, gamma: np.typing.ArrayLike, beta: np.typing.ArrayLike,
+                              bn_param: dict) -> tuple[np.ndarray, tuple]:
     """Batch norm of x (N, C, H, W) per channel, gamma and beta (C,): (out, cache)."""
     return _batchnorm(_array("x", x, 4), gamma, beta, bn_param, "NCHW")
 
 
-def spatial_batchnorm_backward(dout, cache):
+def spatial_batchnorm_backward(dout: np.typing.ArrayLike, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _backward(dout, cache)
 
 
-def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+def spatial_groupnorm_forward(x: np.typing.ArrayLike, gamma: np.typing.ArrayLike, beta: np.typing.ArrayLike, G: int,
+                              gn_param: dict) -> tuple[np.ndarray, tuple]:
     """Group norm of x (N, C, H, W) in G groups of C // G channels, gamma and beta (1, C, 1, 1): (out, cache)."""
     x = _array("x", x, 4)
     eps = _eps("gn_param", _param_dict("gn_param", gn_param))
@@ -177,5 +181,5 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     return out, ("train", kernels, x, g, _shapes(gamma, beta), (mu, istd), eps)
 
 
-def spatial_groupnorm_backward(dout, cache):
+def spatial_groupnorm_backward(dout: np.typing.ArrayLike, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _backward(dout, cache)

@@ -94,17 +94,19 @@ def write_modules(jobs: list[tuple[Path, str]], force: bool = False) -> list[Pat
     return changed
 
 
-def catalog_jobs(out_dir: Path) -> list[tuple[Path, str]]:
+def catalog_jobs(out_dir: Path, each=lambda entries: entries) -> list[tuple[Path, str]]:
+    """(path, text) of every catalogue module; *each* wraps the (spec, backend) entries as they are generated (a
+    progress bar)."""
     from symbn.codegen.catalogue import CATALOG
     from symbn.codegen.module import module_text
 
-    return [(out_dir / f"{module_name(spec, backend)}.py", module_text(spec, backend))
-            for spec in CATALOG for backend in BACKENDS]
+    entries = [(spec, backend) for spec in CATALOG for backend in BACKENDS]
+    return [(out_dir / f"{module_name(spec, backend)}.py", module_text(spec, backend)) for spec, backend in each(entries)]
 
 
-def stale(out_dir: Path) -> list[str]:
+def stale(out_dir: Path, each=lambda entries: entries) -> list[str]:
     """Unified diffs between what the catalogue generates now and what *out_dir* holds (empty: fresh)."""
-    return folder_diffs(out_dir, {path.name: text for path, text in catalog_jobs(out_dir)},
+    return folder_diffs(out_dir, {path.name: text for path, text in catalog_jobs(out_dir, each)},
                         ours=lambda path: path.suffix == ".py")
 
 
