@@ -724,7 +724,7 @@ def build_parser(b: Builder):
         ("comment with unicode text and emoji", lambda k: f"{base} # ünïcödé ✓ 漢字 \U0001F600"),
         ("comment with Jinja syntax", lambda k: f"{base} # {{{{ 7*7 }}}} {{% raw %}}"),
         ("comment with 900 characters", lambda k: f"{base} # " + "A" * 900),
-        ("newline-separated comment lines inside parentheses", lambda k: f"(x # a\n - mean(x) # b\n)"),
+        ("newline-separated comment lines inside parentheses", lambda k: "(x # a\n - mean(x) # b\n)"),
         ('first line closes docstring, next line is code', lambda k: f'(x # """\n - mean(x) # {payload(k)}\n)'),
         ("comment with markdown/html", lambda k: f"{base} # `</code><script>{payload(k)}</script>`"),
     ]
@@ -1319,7 +1319,6 @@ def build_kernels(b: Builder):
 
     def x_as(dtype):
         def mut(d, m):
-            import numpy as np
             x = d["x"].astype(dtype) if dtype != "str" else d["x"].astype(str)
             return (x, *params(m, d)), {}, {}
         return mut

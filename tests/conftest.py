@@ -19,17 +19,18 @@ def pytest_runtest_setup(item):
             pytest.skip(f"needs {marker.name}, an optional peer that is not installed here ({PEERS[marker.name]})")
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """A test that skips for want of a peer without carrying its marker fails: CI's run of the marked tests, the
     only one with the peers installed, would never run it."""
-    report = (yield).get_result()
+    report = yield
     if report.skipped and call.excinfo is not None:
         reason = str(call.excinfo.value)
         for peer in PEERS:
             if f"could not import '{peer}'" in reason and item.get_closest_marker(peer) is None:
                 report.outcome = "failed"
                 report.longrepr = f"{item.nodeid}: skipped ({reason}) but not marked @pytest.mark.{peer}"
+    return report
 
 
 @pytest.fixture

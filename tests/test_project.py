@@ -1,9 +1,8 @@
 """The README keeps its promises: CI runs its test command verbatim, and the commands it shows work."""
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def readme_commands():

@@ -18,25 +18,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import symbn
-from symbn import cli, escape
+from helpers import GENERATED, exit_code as run
+from symbn import escape
 from symbn.docgen.formats import WRITERS
 from symbn.codegen.module import module_text
 from symbn.codegen.stamp import stamp_problem
 from symbn.codegen.store import OverwriteError, UntrustedError, import_path, load, write_atomic, write_modules
 
-ROOT = Path(__file__).resolve().parents[1]
 MARKER = "symbn_injected_marker"
 # A payload that runs when the text around it is code: a comment the parser ignores, then a quote that closes a
 # docstring, a backtick that closes a code span, a tag, a TeX command.
 PAYLOAD = f'x - mean(x) # """ + __import__("pathlib").Path("{MARKER}").touch() + """ ` <script> \\input{{/etc/passwd}}'
 any_text = st.text(alphabet=st.characters(codec=None), max_size=60)
-
-
-def run(*args):
-    try:
-        return cli.main(list(args))
-    except SystemExit as exit_:
-        return exit_.code
 
 
 # --- escaping ---------------------------------------------------------------------------------------------------
@@ -309,7 +302,7 @@ def test_names_still_tell_specs_apart():
 def test_a_damaged_numba_cache_is_recompiled_not_fatal(tmp_path, damage):
     import shutil
 
-    shutil.copy(ROOT / "generated" / "rms_nc_numba.py", tmp_path)
+    shutil.copy(GENERATED / "rms_nc_numba.py", tmp_path)
     script = ("import numpy as np, importlib.util\n"
               "s = importlib.util.spec_from_file_location('m', 'rms_nc_numba.py')\n"
               "m = importlib.util.module_from_spec(s); s.loader.exec_module(m)\n"

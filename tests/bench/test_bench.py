@@ -8,15 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from helpers import have, rel_err as rel
 from symbn import cli
 from symbn.bench import harness as bench
 from symbn.codegen.check import parameter_names
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
-
-
-def rel(a, ref) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 @pytest.mark.parametrize("dtype", bench.DTYPES)
@@ -61,11 +58,11 @@ def test_staged_baseline_updates_running_statistics_like_the_module():
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
+@pytest.mark.torch(optional=True)  # torch's column and speedups where it is installed
+@pytest.mark.matplotlib(optional=True)  # the chart where it is installed
 def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
-    import importlib.util
-
     out_json, out_png = tmp_path / "bench.json", tmp_path / "chart.png"
-    plot = importlib.util.find_spec("matplotlib") is not None  # optional: the chart only where it is installed
+    plot = have("matplotlib")
     assert cli.main(["bench", "--smoke", "--json", str(out_json), "--plot", str(out_png) if plot else "none"]) == 0
     text = capsys.readouterr().out
     for case in bench.CASES:
@@ -76,11 +73,7 @@ def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
     assert {"format", "machine", "settings", "bandwidth", "results", "command"} <= set(result)
     assert result["settings"]["smoke"] and result["settings"]["repeat"] == 1
     assert result["bandwidth"]["bound_gbps"] > 0
-    try:
-        import torch  # noqa: F401
-        impls = set(bench.IMPLS)
-    except ImportError:
-        impls = set(bench.IMPLS) - {"torch"}
+    impls = set(bench.IMPLS) if have("torch") else set(bench.IMPLS) - {"torch"}
     rows = result["results"]
     assert {(r["case"], r["dtype"], r["pass"], r["impl"]) for r in rows} == {
         (c.name, d, p, i) for c in bench.CASES for d in bench.DTYPES for p in bench.PASSES for i in impls}

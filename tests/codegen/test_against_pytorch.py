@@ -13,31 +13,23 @@ unbiased), eval mode = the same normalization with the running statistics held c
 
 from __future__ import annotations
 
-import functools
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from helpers import BACKENDS, GENERATED, catalogue_module  # noqa: E402
 from symbn.codegen.catalogue import CATALOG  # noqa: E402
-from symbn.codegen.store import import_path  # noqa: E402
 from symbn.core.spec import LAYOUTS, PRESETS  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("numpy", "numba")
 # Largest allowed disagreement, relative to the largest magnitude of the PyTorch value (per output).
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 # Worst relative disagreement seen per (dtype, output kind); printed at the end of the module (pytest -s).
 WORST: dict[tuple[str, str], float] = {}
-
-
-@functools.cache
-def load(name: str, backend: str):
-    return import_path(ROOT / "generated" / f"{name}_{backend}.py")
 
 
 def shape_for(spec) -> tuple[int, ...]:
@@ -277,7 +269,7 @@ def test_catalogue_modules_are_all_mapped():
     """Adding a catalogue entry adds tests: each has both generated files, and those there are are checked."""
     for spec in CATALOG:
         for backend in BACKENDS:
-            assert (ROOT / "generated" / f"{spec.name}_{backend}.py").is_file(), (spec.name, backend)
+            assert (GENERATED / f"{spec.name}_{backend}.py").is_file(), (spec.name, backend)
     assert {spec.preset for spec in CATALOG} <= set(ADAPTERS)
 
 
@@ -285,7 +277,7 @@ def test_catalogue_modules_are_all_mapped():
 def test_train(spec, backend, dtype):
     """forward_train (y, saved statistics, running update) and backward (dx, dgamma, dbeta) against autograd."""
     ref = adapter(spec)
-    module = load(spec.name, backend)
+    module = catalogue_module(spec.name, backend)
     assert (module.EPS, module.MOMENTUM) == (spec.eps, spec.momentum)
     d = data(spec, module, dtype)
     running = [r.copy() for r in d["running"]]
@@ -312,7 +304,7 @@ def test_train(spec, backend, dtype):
 def test_eval(spec, backend, dtype):
     """forward_eval and backward_eval (statistics held constant) against the eval-mode op and autograd."""
     ref = adapter(spec)
-    module = load(spec.name, backend)
+    module = catalogue_module(spec.name, backend)
     d = data(spec, module, dtype, seed=1)
     before = [r.copy() for r in d["running"]]
     y = module.forward_eval(d["x"], *params(module, d), *d["running"])

@@ -7,24 +7,17 @@ for dtypes, ValueError for shapes, with a message that names the argument and th
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from symbn.codegen.catalogue import CATALOG
-from symbn.codegen.store import import_path
+from helpers import BACKENDS, FUNCTIONS, SPECS, call, catalogue_module, shape_of, stat_shape, takes
 from symbn.core.spec import LAYOUTS
 
-ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ("numpy", "numba")
-SPECS = {spec.name: spec for spec in CATALOG}
 REPRESENTATIVE = ("batch_nchw", "layer_nc", "group4_nchw", "rms_nc")
 BATCH = ("batch_nc", "batch_nchw", "batch_nhwc")
-FUNCTIONS = ("forward_train", "forward_eval", "backward", "backward_eval")
 # Every argument name a message could mention; a message must mention the offending one first.
 ARGUMENTS = ("x", "dy", "gamma", "beta", "running_mu", "running_var", "running_ms", "mu", "istd", "irms", "out")
 
@@ -38,35 +31,9 @@ def cases(names, functions=(None,)):
     return out
 
 
-@functools.cache
-def load(name: str, backend: str):
-    assert name in SPECS, f"{name} is no longer in the catalogue"
-    return import_path(ROOT / "generated" / f"{name}_{backend}.py")
-
-
-def shape_of(spec, n=4, c=8):
-    layout = LAYOUTS[spec.layout]
-    shape = [5, 3][: len(layout.spatial)]
-    for axis, size in sorted([(layout.batch, n), (layout.channel, c)]):
-        shape.insert(axis, size)
-    return tuple(shape)
-
-
-def stat_shape(spec, shape):
-    """One value per statistic: the kept axes, the grouped channel axis as its group count (derived from the spec
-    here, independently of the module)."""
-    out = []
-    for axis, n in enumerate(shape):
-        if spec.groups and axis == spec.channel_axis:
-            out.append(spec.groups)
-        elif axis not in spec.reduce_axes:
-            out.append(n)
-    return tuple(out)
-
-
 def valid(name, backend, dtype=np.float64, seed=0, **shape_options):
     """A module and a dict of valid arguments for all four functions, by argument name."""
-    spec, module = SPECS[name], load(name, backend)
+    spec, module = SPECS[name], catalogue_module(name, backend)
     rng = np.random.default_rng(seed)
     shape = shape_of(spec, **shape_options)
     pshape = tuple(shape[a] for a in spec.param_axes)
@@ -79,15 +46,6 @@ def valid(name, backend, dtype=np.float64, seed=0, **shape_options):
     for s in module.SAVED:
         args[s] = rng.uniform(0.5, 2.0, size=sshape) if s.startswith("i") else rng.normal(size=sshape)
     return spec, module, args
-
-
-def call(module, fn, args):
-    f = getattr(module, fn)
-    return f(**{k: args[k] for k in inspect.signature(f).parameters if k in args})
-
-
-def takes(module, fn, arg):
-    return arg in inspect.signature(getattr(module, fn)).parameters
 
 
 def assert_names(excinfo, name, *fragments):
@@ -216,6 +174,7 @@ def test_batch_norm_training_with_one_value_per_channel(name, backend, fn):
     assert y.shape == shape and np.all(np.isfinite(y))
 
 
+@pytest.mark.torch
 def test_pytorch_also_refuses_one_value_per_channel():
     torch = pytest.importorskip("torch")
     with pytest.raises(ValueError):

@@ -7,18 +7,15 @@ the loss and dx cancels); modules without gamma or beta, and of rank 1 to 6.
 replaced) fail at least one check, for each mutation."""
 
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import catalogue_or_cached
 from symbn import load, make, preset
 from symbn.codegen import catalogue as catalog
 from symbn.codegen import check as checks
-from symbn.codegen.store import import_path
 
-ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ROOT / "generated"
 CENTRED = "(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps)"
 
 #: Specs outside the catalogue, each generated (NumPy backend) into symbn's cache.
@@ -50,11 +47,9 @@ NUMBA = "batch_nc"  # one catalogue module on the Numba backend (a small one: Nu
 def _module(key: str):
     catalogue = {spec.name: spec for spec in catalog.CATALOG}
     if key in catalogue:
-        path = GENERATED / f"{key}_numpy.py"
-        return import_path(path) if path.is_file() else load(catalogue[key], "numpy")
+        return catalogue_or_cached(catalogue[key], "numpy")
     if key == NUMBA + "-numba":
-        path = GENERATED / f"{NUMBA}_numba.py"
-        return import_path(path) if path.is_file() else load(catalogue[NUMBA], "numba")
+        return catalogue_or_cached(catalogue[NUMBA], "numba")
     if key in PRESETS:
         options = dict(PRESETS[key])
         return load(preset(options.pop("name"), **options), "numpy")

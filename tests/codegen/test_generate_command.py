@@ -1,20 +1,9 @@
 """symbn generate / check: safe writes, refusals, names, exit codes."""
 
-from pathlib import Path
-
 import pytest
 
-from symbn import cli
+from helpers import GENERATED, exit_code as run
 from symbn.codegen.store import import_path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args):
-    try:
-        return cli.main(list(args))
-    except SystemExit as exit_:
-        return exit_.code
 
 
 def test_generate_writes_both_backends_and_is_idempotent(tmp_path, capsys):
@@ -74,11 +63,11 @@ def test_custom_expression_with_name_and_dtype(tmp_path):
 
 
 def test_check_passes_a_good_module_and_fails_a_broken_one(tmp_path, capsys):
-    assert run("check", str(ROOT / "generated" / "batch_nc_numpy.py")) == 0
+    assert run("check", str(GENERATED / "batch_nc_numpy.py")) == 0
     out = capsys.readouterr().out
     assert "central differences dx" in out and "FAIL" not in out
     broken = tmp_path / "broken.py"
-    text = (ROOT / "generated" / "batch_nc_numpy.py").read_text()
+    text = (GENERATED / "batch_nc_numpy.py").read_text()
     assert text.count("out_c = dx[sl]") == 2  # backward, then backward_eval
     first_term = text[text.index("out_c = dx[sl]"):].splitlines()[1].strip()  # np.multiply(dyc, k1, out=out_c)
     broken.write_text(text.replace(first_term, first_term.replace("dyc", "1.001*dyc", 1), 1))  # a term off by 0.1%

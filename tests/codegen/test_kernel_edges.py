@@ -17,7 +17,6 @@ textbook reference in np.longdouble written here from the spec alone:
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import numpy as np
@@ -25,42 +24,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from symbn.codegen.catalogue import CATALOG
+from helpers import BACKENDS, FUNCTIONS, SPECS, call, catalogue_module, shape_of, stat_shape, takes
 from symbn.codegen.store import import_path
-from symbn.core.spec import LAYOUTS
 
-from test_bad_input import ROOT, stat_shape
-
-BACKENDS = ("numpy", "numba")
-SPECS = {spec.name: spec for spec in CATALOG}
 NAMES = ("batch_nchw", "layer_nc", "group4_nchw", "rms_nc", "batch_nhwc")
-FUNCTIONS = ("forward_train", "forward_eval", "backward", "backward_eval")
 # float64 inputs near 1e200 need a wider type on the exact path; where long double is float64 they are not rescued
 WIDE = np.finfo(np.longdouble).maxexp > np.finfo(np.float64).maxexp
 TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
-
-
-@functools.cache
-def load(name: str, backend: str):
-    assert name in SPECS, f"{name} is no longer in the catalogue"
-    return import_path(ROOT / "generated" / f"{name}_{backend}.py")
-
-
-def shape_of(spec, n=4, c=8, spatial=(5, 3)):
-    layout = LAYOUTS[spec.layout]
-    shape = list(spatial[: len(layout.spatial)])
-    for axis, size in sorted([(layout.batch, n), (layout.channel, c)]):
-        shape.insert(axis, size)
-    return tuple(shape)
-
-
-def has(module, fn, arg):
-    return arg in inspect.signature(getattr(module, fn)).parameters
-
-
-def call(module, fn, args, **extra):
-    f = getattr(module, fn)
-    return f(**{k: args[k] for k in inspect.signature(f).parameters if k in args}, **extra)
 
 
 # --- the reference: the textbook formulas in long double, from the spec alone ---------------------------------------
@@ -155,14 +125,14 @@ def assert_close(kind, got, want, dtype, strict_inf=True):
 
 def arguments(name, backend, dtype=np.float64, scale=1.0, offset=0.0, seed=0, shape=None):
     """A module and valid arguments for every function, by name: x = offset + scale*N(0, 1)."""
-    spec, module = SPECS[name], load(name, backend)
+    spec, module = SPECS[name], catalogue_module(name, backend)
     rng = np.random.default_rng(seed)
     shape = shape or shape_of(spec)
     pshape = tuple(shape[a] for a in spec.param_axes)
     sshape = stat_shape(spec, shape)
     args = dict(x=(offset + scale * rng.normal(size=shape)).astype(dtype), dy=rng.normal(size=shape).astype(dtype),
                 gamma=rng.normal(1.0, 0.5, size=pshape).astype(dtype))
-    if has(module, "forward_train", "beta"):
+    if takes(module, "forward_train", "beta"):
         args["beta"] = rng.normal(0.0, 0.5, size=pshape).astype(dtype)
     for r in module.RUNNING:
         args[r] = rng.uniform(0.5, 2.0, size=sshape) if ("var" in r or "ms" in r) else rng.normal(size=sshape)
@@ -174,7 +144,7 @@ def arguments(name, backend, dtype=np.float64, scale=1.0, offset=0.0, seed=0, sh
 def train_and_check(name, backend, args, eps, momentum=0.1, reference_args=None):
     """forward_train (updating copies of the running statistics) and backward from its saved statistics, checked
     against the reference; returns every output for comparisons between backends."""
-    spec, module = SPECS[name], load(name, backend)
+    spec, module = SPECS[name], catalogue_module(name, backend)
     dtype = args["x"].dtype
     running = [args[r].copy() for r in module.RUNNING]
     y, *saved = call(module, "forward_train", {**args, **dict(zip(module.RUNNING, running))}, eps=eps,
@@ -483,7 +453,7 @@ def _view(a, kind):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cases())
 def test_every_call_agrees_with_the_reference_or_is_refused_leaving_everything_unchanged(case):
-    spec, module = SPECS[case["name"]], load(case["name"], case["backend"])
+    spec, module = SPECS[case["name"]], catalogue_module(case["name"], case["backend"])
     dtype, shape = case["dtype"], case["shape"]
     event(f"{np.dtype(dtype).name} x near 2**{case['exponent'] // 20 * 20}..")
     scale = 2.0 ** case["exponent"]

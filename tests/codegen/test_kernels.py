@@ -5,26 +5,23 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import BACKENDS, GENERATED, ROOT, catalogue_module, catalogue_or_cached
 from symbn import load, preset
 from symbn.codegen import catalogue as catalog
 from symbn.codegen import check as checks
 from symbn.codegen.module import module_text
-from symbn.codegen.store import import_path, stale
+from symbn.codegen.store import stale
 
-ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ROOT / "generated"
-BACKENDS = ("numpy", "numba")
 ENTRIES = [(spec, backend) for spec in catalog.CATALOG for backend in BACKENDS]
 IDS = [f"{spec.name}-{backend}" for spec, backend in ENTRIES]
 
 
 def module(spec, backend):
-    return import_path(GENERATED / f"{spec.name}_{backend}.py")
+    return catalogue_module(spec.name, backend)
 
 
 def params_of(m, data):
@@ -42,7 +39,7 @@ def test_the_input_hash_covers_every_module_the_generator_imports():
     from symbn.codegen.stamp import _generator_source
 
     source = _generator_source()
-    package = Path(__file__).resolve().parents[1] / "symbn"
+    package = ROOT / "symbn"
     for name in ("codegen/module", "codegen/reductions", "core/expr", "codegen/backends/numpy", "codegen/elementwise",
                  "core/derive"):
         assert (package / f"{name}.py").read_text() in source, name
@@ -82,7 +79,7 @@ AGREE = {**{spec.name: spec for spec in catalog.CATALOG}, **catalog.custom_specs
 def test_numpy_and_numba_agree(spec):
     """Every entry point of the two backends, on the catalogue and on the custom expressions (generated on the fly:
     their block structures differ, e.g. a kept innermost axis that is not the only kept one)."""
-    a, b = (module(spec, backend) if spec in catalog.CATALOG else load(spec, backend) for backend in BACKENDS)
+    a, b = (catalogue_or_cached(spec, backend) for backend in BACKENDS)
     data = checks.inputs(a, seed=3)
     outs = []
     for m in (a, b):
@@ -252,7 +249,7 @@ def test_wheel_carries_the_templates(tmp_path):
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("symbn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for template in ("module.py.j2", "numpy_kernels.py.j2", "numba_kernels.py.j2"):
+    for template in ("kernels/module.py.j2", "kernels/numpy.py.j2", "kernels/numba.py.j2"):
         assert f"symbn/templates/{template}" in names
 
 

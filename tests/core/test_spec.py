@@ -387,7 +387,7 @@ def test_custom_name_ignores_spelling_of_the_same_expression():
 
 
 def test_custom_name_is_the_same_in_another_process():
-    code = ("from symbn import spec; print(spec.make('gamma*x/sqrt(mean(x**2) + eps)', axes=(0, 2), "
+    code = ("from symbn.core import spec; print(spec.make('gamma*x/sqrt(mean(x**2) + eps)', axes=(0, 2), "
             "param_axes=(1,)).name)")
     here = specs.make("gamma*x/sqrt(mean(x**2) + eps)", axes=(0, 2), param_axes=(1,)).name
     for seed in ("1", "2"):

@@ -7,11 +7,11 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import sympy
 
+from helpers import GENERATED, ROOT, chromium
 from symbn import preset
 from symbn.codegen import catalogue as catalog
 from symbn import derive
@@ -22,7 +22,6 @@ from symbn.docgen.evidence import kernel_excerpt
 from symbn.core.printing import latex_name
 from symbn.core.symbols import DY, GAMMA, XHAT, M, rsum
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 MD_NAMES = [f"{spec.name}.md" for spec in catalog.CATALOG] + ["index.md"]
 HTML_NAMES = [f"{spec.name}.html" for spec in catalog.CATALOG] + ["index.html"]
@@ -161,7 +160,7 @@ def test_batch_norm_document_goes_from_nine_steps_to_the_compact_dx():
         assert w.display_lines(tex_lines(latex_name(s.name), e)) in simplification
     assert simplification.count("$$") >= 2 * len(d.rewrites)  # every stage changed dx and shows it
     assert "```mermaid" in md and "sum(dy*xhat)" not in md  # mathematics, not SymPy's text form
-    kernels, excerpt = kernel_excerpt((ROOT / "generated" / "batch_nchw_numba.py").read_text())
+    kernels, excerpt = kernel_excerpt((GENERATED / "batch_nchw_numba.py").read_text())
     assert kernels and f"```python\n{excerpt}\n```" in md
     page = (DOCS / "batch_nchw.html").read_text()
     assert "<svg" in page and "<math" in page and "$" not in re.sub(r"<pre>.*?</pre>", "", page, flags=re.S)
@@ -188,10 +187,6 @@ def test_derive_format_text_is_still_the_default_and_stdout_works(capsys):
     assert main(["derive", "rms", "--layout", "NC", "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("<!-- symbn derivation document: rms_nc -->") and "Backward step 6 of 6" in out
-
-
-def _chromium() -> str | None:
-    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 
 _FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -222,11 +217,10 @@ _PROBE = """<script>(function () {
 })();</script>"""
 
 
+@pytest.mark.chromium
 @pytest.mark.parametrize("name", HTML_NAMES)
 def test_html_renders_in_chromium(name, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no chromium on PATH: install Debian's `chromium` package (apt-get install chromium)")
+    browser = chromium()
     page = (DOCS / name).read_text()
     probe = tmp_path / name
     probe.write_text(page.replace("</body>", _PROBE + "\n</body>"))
@@ -246,10 +240,9 @@ def test_html_renders_in_chromium(name, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
+@pytest.mark.chromium
 def test_html_probe_can_fail(tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no chromium on PATH: install Debian's `chromium` package (apt-get install chromium)")
+    browser = chromium()
     bad = tmp_path / "bad.html"
     # As a browser without MathML layout would show it: every MathML element an ordinary inline box.
     no_mathml = "<style>math, math * { display: inline !important; }</style>"

@@ -79,6 +79,7 @@ def test_conv1d_and_batchnorm_without_affine_parameters():
     np.testing.assert_allclose(conv(x, W2, b2), bn.forward(conv(x, W, None)), rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.torch
 def test_against_pytorch_conv_and_batchnorm():
     torch = pytest.importorskip("torch")
     conv_t = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False).double()

@@ -9,8 +9,7 @@ import os
 import subprocess
 import sys
 
-from symbn.codegen import module, stamp
-from symbn.codegen.catalogue import CATALOG
+from symbn.codegen import stamp
 from symbn.core import expr
 
 HEAVY = ("sympy", "mpmath", "symbn.codegen.module", "symbn.core.derive")
@@ -96,13 +95,3 @@ def test_the_input_hash_reads_the_version_sympy_reports():
     import sympy
 
     assert stamp.sympy_version() == sympy.__version__
-
-
-def test_store_and_generator_name_modules_alike():
-    """symbn.load names cached modules with stamp's module_name; the generator (and `symbn generate`) with
-    module's: the two must agree."""
-    assert module.BACKENDS == stamp.BACKENDS
-    for spec in CATALOG:
-        for backend in stamp.BACKENDS:
-            for dtypes in (stamp.DTYPES, ("float32",), ("float64",)):
-                assert module.module_name(spec, backend, dtypes) == stamp.module_name(spec, backend, dtypes)

@@ -5,27 +5,10 @@ one-value-per-channel error, state dicts, bad input, and (when torch imports) Py
 import numpy as np
 import pytest
 
+from helpers import numeric_grad, rel_err
 from symbn.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 
 RNG = np.random.default_rng(1234)
-
-
-def numeric_grad(f, a, h=1e-6):
-    """Central differences of the scalar f() with respect to array a (perturbed in place)."""
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
-
-
-def rel_err(a, b):
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 def reference(x, axes, eps, ddof=0):
@@ -159,6 +142,7 @@ def test_per_sample_norms_give_the_same_output_in_eval_mode():
         np.testing.assert_array_equal(layer.train().forward(x), layer.eval().forward(x))
 
 
+@pytest.mark.torch(optional=True)  # symbn's refusal without torch; PyTorch's as well with it
 @pytest.mark.parametrize("make, x", [
     (lambda: BatchNorm(10), np.zeros((1, 10))),
     (lambda: BatchNorm(4, "NCHW"), np.zeros((1, 4, 1, 1))),
@@ -294,6 +278,7 @@ def _torch_cases(torch):
     ]
 
 
+@pytest.mark.torch
 def test_layers_match_pytorch_modules():
     torch = pytest.importorskip("torch")
     for ours, theirs, shape, layout in _torch_cases(torch):

@@ -11,52 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import ROOT, numeric_grad, rel_err
 from symbn import nn
 from symbn.datasets import load_mnist, make_classification, read_idx
 from symbn.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 
-ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(2015)
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny matrices run fastest on one BLAS (and torch) thread, and many times faster than on two when another job
-    busies a core of a 2-core machine; limit the threads for the training-loop tests, where available."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # installed with scikit-learn; without it the tests only run slower
-        threadpool_limits = None
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    threads = torch.get_num_threads() if torch else None
-    limits = threadpool_limits(1) if threadpool_limits else None
-    if torch:
-        torch.set_num_threads(1)
-    yield
-    if torch:
-        torch.set_num_threads(threads)
-    if limits:
-        limits.restore_original_limits()
-
-
-def numeric_grad(f, a, h=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + h
-        fp = f()
-        a[i] = old - h
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * h)
-    return g
-
-
-def rel_err(a, b):
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 def check_network(model, x, loss_fn, target, tol=1e-7):
@@ -123,6 +83,7 @@ def _torch_model(torch, model, eps, momentum):
     return tm
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("running", ["keras", "pytorch"])
 def test_keras_model_trains_like_pytorch_step_for_step(running, one_thread):
     torch = pytest.importorskip("torch")
@@ -300,6 +261,7 @@ def example(name: str):
     return module
 
 
+@pytest.mark.matplotlib
 def test_keras_example_runs(tmp_path, one_thread):
     pytest.importorskip("matplotlib")
     histories = example("keras_model").main(["--epochs", "2", "-o", str(tmp_path / "k.png")])
@@ -307,6 +269,7 @@ def test_keras_example_runs(tmp_path, one_thread):
     assert histories["with BN"]["loss"][1] < histories["with BN"]["loss"][0]
 
 
+@pytest.mark.matplotlib
 def test_mnist_example_runs_on_idx_files(tmp_path, one_thread):
     pytest.importorskip("matplotlib")
     write_tiny_mnist(tmp_path)
@@ -316,6 +279,8 @@ def test_mnist_example_runs_on_idx_files(tmp_path, one_thread):
     assert logs["with BN"]["percentiles"].shape == (3, 3)  # steps 0, 10, 20; percentiles 15, 50, 85
 
 
+@pytest.mark.sklearn
+@pytest.mark.matplotlib
 def test_mnist_example_runs_on_digits(tmp_path, one_thread):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
