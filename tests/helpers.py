@@ -133,3 +133,17 @@ def exit_code(*args) -> int:
         return cli.main(list(args))
     except SystemExit as exit_:
         return exit_.code
+
+
+def refused(capsys, *argv: str) -> str:
+    """stderr of a command line that symbn refuses as a usage error (exit code 2, nothing on stdout)."""
+    import pytest
+
+    from symbn import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(list(argv))
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err

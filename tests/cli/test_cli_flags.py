@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import symbn
+from helpers import refused
 from symbn import cli
 
 CUSTOM = "gamma*x/sqrt(mean(x**2) + eps)"
@@ -13,13 +14,9 @@ CUSTOM = "gamma*x/sqrt(mean(x**2) + eps)"
 
 def error_of(capsys, *argv: str) -> str:
     """The one stderr line of a refused command (exit code 2, nothing on stdout)."""
-    with pytest.raises(SystemExit) as info:
-        cli.main(list(argv))
-    assert info.value.code == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.count("\n") == 1, captured.err
-    return captured.err
+    err = refused(capsys, *argv)
+    assert err.count("\n") == 1, err
+    return err
 
 
 @pytest.mark.parametrize("argv, says, not_says", [
