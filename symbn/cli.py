@@ -264,7 +264,7 @@ def _docs_check_problem(out, given: str) -> str | None:
 
 def _each_module(quiet: bool, desc: str):
     """A wrapper for store.catalog_jobs's (spec, backend) entries: a progress bar that names the module in hand."""
-    from symbn.codegen.stamp import module_name
+    from symbn.codegen.key import module_name
     from symbn.progress import steps
 
     def each(entries):

@@ -12,7 +12,7 @@ from symbn.codegen.elementwise import used
 from symbn.codegen.lowering import Lowering, lower
 from symbn.codegen.plan import plan
 from symbn.codegen.printers import numpy_code, reads
-from symbn.codegen.stamp import BACKENDS, DTYPES, input_digest, module_name
+from symbn.codegen.key import BACKENDS, DTYPES, input_digest, module_name
 from symbn.core.derive import DX, derive
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
@@ -26,15 +26,16 @@ _NUMPY_NAMES = {X: "xb", DY: "dyb"}
 def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog",
                 dtypes: tuple[str, ...] = DTYPES, digest: str | None = None) -> str:
     """The generated module for *spec* and *backend*, with its banner and content hash; *digest*: the input hash
-    (symbn.codegen.stamp.input_digest), when the caller has computed it already (symbn.load, as its cache key)."""
+    (symbn.codegen.key.input_digest), when the caller has computed it already (symbn.load, as its cache key)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}; got {backend!r}")
     if not dtypes or any(t not in DTYPES for t in dtypes):
         raise ValueError(f"dtype: expected some of {', '.join(DTYPES)}; got {', '.join(map(str, dtypes)) or 'none'}")
+    digest = digest or input_digest(spec, backend, dtypes)
+    module_id = f"{module_name(spec, backend, dtypes)}_{digest}"
     ctx = _context(lower(plan(derive(spec))), backend, command)
     ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
-    ctx["digest"] = digest or input_digest(spec, backend, dtypes)
-    ctx["module_id"] = f"{module_name(spec, backend, dtypes)}_{ctx['digest']}"
+    ctx["digest"], ctx["module_id"] = digest, module_id
     ctx["dtype_text"] = " or ".join(dtypes)
     body = render("kernels/module.py.j2", ctx)
     return stamp.stamped(body)

@@ -12,7 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from symbn.codegen.stamp import BACKENDS, input_digest, module_name, stamp_problem
+from symbn.codegen.key import BACKENDS, input_digest, module_name
+from symbn.codegen.stamp import stamp_problem
 from symbn.core.spec import Spec
 
 

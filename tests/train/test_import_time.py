@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from symbn.codegen import stamp
+from symbn.codegen import key
 from symbn.core import expr
 
 HEAVY = ("sympy", "mpmath", "symbn.codegen.module", "symbn.core.derive")
@@ -94,4 +94,4 @@ def test_the_exact_tree_equals_the_sympy_tree():
 def test_the_input_hash_reads_the_version_sympy_reports():
     import sympy
 
-    assert stamp.sympy_version() == sympy.__version__
+    assert key.sympy_version() == sympy.__version__

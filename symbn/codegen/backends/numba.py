@@ -147,6 +147,8 @@ def statements(lw: Lowering) -> dict:
         first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if lw.param_per_stat else [])
         sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
     dx = elementwise([p.dx] + ([] if lw.param_per_stat else [e for _, e in p.param_sums]), p.saved, "k", params)
+    if split:  # one statistic's body runs both loops: what the sums' loop set up (shift, gamma) is not set up again
+        dx["stat_lines"] = [line for line in dx["stat_lines"] if line not in split["stat_lines"]]
     eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
     moments = _moments(lw, sc.code)
