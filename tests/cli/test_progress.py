@@ -12,6 +12,7 @@ import pytest
 
 from helpers import GENERATED, ROOT
 from symbn import cli
+from symbn.cli import commands
 from symbn import progress as bars
 
 
@@ -132,7 +133,7 @@ def test_generate_catalog_progress_passes_every_module_through(tmp_path, monkeyp
     from symbn.codegen.store import catalog_jobs
 
     as_terminal(monkeypatch)
-    assert catalog_jobs(tmp_path, cli._each_module(quiet=False, desc="test")) == catalog_jobs(tmp_path)
+    assert catalog_jobs(tmp_path, commands._each_module(quiet=False, desc="test")) == catalog_jobs(tmp_path)
 
 
 # --- outside a checkout: say what was expected, at once ---------------------------------------------------------
