@@ -5,13 +5,22 @@ accumulated across calls), ``parameters()``/``gradients()`` (dicts of arrays, th
 optimizer), ``train()``/``eval()``, and a state dict that saves to and loads from an ``.npz`` file.
 
 The maths lives in the generated module (``self.kernels``, from ``symbn.load``): no formula is written here.
-Running statistics (BatchNorm only) follow a named convention:
+Running statistics follow a named convention:
 
 - ``running="pytorch"`` (default): eps=1e-5, momentum=0.1, r <- (1 - m) r + m s, variance corrected by M/(M - 1);
-- ``running="keras"`` (``BatchNorm.keras(...)``): eps=1e-3, momentum=0.99, r <- m r + (1 - m) s, variance as is.
+  ``momentum=None`` is PyTorch's cumulative moving average (m = 1/n at the n-th training batch);
+- ``running="keras"`` (``BatchNorm.keras(...)``): eps=1e-3, momentum=0.99, r <- m r + (1 - m) s, variance as is;
+- ``ddof=1`` (``BatchNorm.makemore(...)``) normalizes with the unbiased variance and keeps that one in the running
+  variance (no further correction), as makemore's BatchNorm1d does with ``x.var(0)``.
 
-Layer, group, instance and RMS norm compute their statistics from each input in eval mode too (as PyTorch's
-defaults do: no running statistics).
+BatchNorm keeps running statistics; InstanceNorm does with ``track_running_stats=True`` (PyTorch's: per channel,
+averaged over the batch). Layer, group and RMS norm, and InstanceNorm by default, compute their statistics from each
+input in eval mode too (as PyTorch's defaults do).
+
+State dicts use symbn's names (gamma, beta, running_mean, running_var, num_batches_tracked) by default;
+``state_dict(naming="torch")`` gives PyTorch's (weight, bias, ...) and ``naming="keras"`` Keras' (gamma, beta,
+moving_mean, moving_variance; Keras keeps no batch count). ``load_state_dict`` takes any of the three. Layout names
+are case-insensitive.
 
 Bad input is refused before anything changes, by an error that names the argument or state key, what was expected
 and what was given: ValueError for a bad option or shape (as the spec's SpecError), TypeError for an array of the
@@ -24,20 +33,44 @@ and counts >= 0) before the first array is written.
 
 from __future__ import annotations
 
+import enum
 import errno
 import io
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from typing import Self
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from symbn.codegen.store import load, write_atomic
 from symbn.core.spec import LAYOUTS, RUNNING, preset
 
-#: Default eps and momentum of each running-statistics convention.
+PathLike = str | os.PathLike
+
+#: How each framework names the norm layers' state: symbn's name -> the framework's (None: the framework keeps no
+#: such entry). Names not listed (a Dense layer's W and b) are the same in every naming.
+NAMINGS: dict[str, dict[str, str | None]] = {
+    "symbn": {},
+    "torch": {"gamma": "weight", "beta": "bias"},
+    "keras": {"running_mean": "moving_mean", "running_var": "moving_variance", "num_batches_tracked": None},
+}
+
+
+def _naming(naming: object) -> dict[str, str | None]:
+    if not isinstance(naming, str) or naming not in NAMINGS:
+        raise ValueError(f"naming: expected one of {', '.join(map(repr, NAMINGS))}; got {naming!r}")
+    return NAMINGS[naming]
+
+
+def _renamed(key: str, names: dict[str, str | None]) -> str | None:
+    """*key* in a naming; a Sequential's "index.name" keeps its index."""
+    prefix, dot, name = key.rpartition(".")
+    new = names.get(name, name)
+    return None if new is None else prefix + dot + new
 
 
 class Layer:
@@ -45,11 +78,11 @@ class Layer:
 
     training = True
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Self:
         self.training = flag("mode", mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         return self.train(False)
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -67,33 +100,47 @@ class Layer:
         """State keys whose values must be >= 0 (running variances, batch counts): loading a negative one is refused."""
         return set()
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v, copy=True) for k, v in {**self.parameters(), **self.buffers()}.items()}
+    def _state(self, naming: str) -> dict[str, np.ndarray]:
+        """The layer's own state arrays (not copies) under the keys of *naming*."""
+        names = _naming(naming)
+        renamed = {_renamed(k, names): v for k, v in {**self.parameters(), **self.buffers()}.items()}
+        return {k: v for k, v in renamed.items() if k is not None}
 
-    def load_state_dict(self, state) -> None:
-        """Copy *state* into the layer's arrays in place (optimizers keep their references); keys and shapes must
-        match exactly, values must be real numbers that survive the cast to the layer's dtypes, finite, and >= 0
-        where nonnegative() says so. Every entry is checked before the first is written: a refusal changes
-        nothing."""
-        load_into({**self.parameters(), **self.buffers()}, state, type(self).__name__, self.nonnegative())
+    def state_dict(self, naming: str = "symbn") -> dict[str, np.ndarray]:
+        """Copies of the parameters and buffers, named as *naming* says: "symbn" (gamma, beta, running_mean,
+        running_var, num_batches_tracked), "torch" (weight, bias, ...; ``torch.nn.BatchNorm2d.load_state_dict``
+        takes it once each array is a tensor) or "keras" (gamma, beta, moving_mean, moving_variance)."""
+        return {k: np.array(v, copy=True) for k, v in self._state(naming).items()}
 
-    def save(self, path) -> Path:
-        """Write the state dict to *path* as ``.npz`` (with NumPy's rule: ".npz" is appended to a name without it);
-        returns the path written. The file is written beside its destination and renamed into place, so a failed
-        save leaves any earlier file whole."""
+    def load_state_dict(self, state: Mapping[str, ArrayLike]) -> None:
+        """Copy *state* into the layer's arrays in place (optimizers keep their references). The keys are those of
+        one naming (symbn's, PyTorch's or Keras'; a Keras state leaves the batch count as it is) and must match
+        exactly; shapes must match, values must be real numbers that survive the cast to the layer's dtypes, finite,
+        and >= 0 where nonnegative() says so. Torch tensors are taken as they are (on the CPU). Every entry is
+        checked before the first is written: a refusal changes nothing."""
+        naming = _naming_of(state, {n: set(self._state(n)) for n in NAMINGS})
+        names = NAMINGS[naming]
+        owner = type(self).__name__ + ("" if naming == "symbn" else f" ({naming} naming)")
+        load_into(self._state(naming), state, owner, {_renamed(k, names) for k in self.nonnegative()})
+
+    def save(self, path: PathLike, naming: str = "symbn") -> Path:
+        """Write the state dict (in *naming*) to *path* as ``.npz`` (with NumPy's rule: ".npz" is appended to a name
+        without it); returns the path written. The file is written beside its destination and renamed into place,
+        so a failed save leaves any earlier file whole."""
+        state = self.state_dict(naming)
         path = npz_path(path)
         try:
             if not path.parent.is_dir():  # save() makes no folders, as np.savez does not
                 code = errno.ENOTDIR if path.parent.exists() else errno.ENOENT
                 raise OSError(code, os.strerror(code))
             buffer = io.BytesIO()
-            np.savez(buffer, **self.state_dict())
+            np.savez(buffer, **state)
             write_atomic(path, buffer.getvalue())
         except OSError as e:
             raise _os_error(e, f"path: cannot write {str(path)!r}") from e
         return path
 
-    def load(self, path) -> None:
+    def load(self, path: PathLike) -> None:
         """Load a state dict saved by save(); a missing, unreadable or corrupt file, or one whose entries do not fit
         the layer, is refused by an error naming the path (and the key), and the layer is left unchanged."""
         state, path = read_npz(path)
@@ -104,20 +151,30 @@ class Layer:
             raise type(e)(f"{str(path)!r}: {message}") from e
 
 
+def _naming_of(state: object, keys: dict[str, set[str]]) -> str:
+    """The naming whose keys *state* has exactly, else the one it shares most keys with (symbn's on a tie), for
+    load_into to say what is missing and unexpected."""
+    if not isinstance(state, Mapping):
+        return "symbn"  # load_into refuses it
+    given = set(state)
+    exact = [n for n, k in keys.items() if k == given]
+    return exact[0] if exact else max(keys, key=lambda n: len(keys[n] & given))
+
+
 def _os_error(e: OSError, message: str) -> OSError:
     """An OSError of e's kind (FileNotFoundError, PermissionError, ...) with *message* and e's reason."""
     reason = e.strerror or str(e)
     return OSError(e.errno, f"{message} ({reason})") if e.errno is not None else OSError(f"{message} ({reason})")
 
 
-def flag(name: str, value) -> bool:
+def flag(name: str, value: object) -> bool:
     """True or False (NumPy's bools too); anything else is refused, so that affine="no" does not read as True."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"{name}: expected True or False; got {value!r}")
 
 
-def real(name: str, value, expected: str, ok) -> float:
+def real(name: str, value: object, expected: str, ok: Callable[[float], bool]) -> float:
     """A real number (Python's or NumPy's, or a 0-d real array) as a Python float, refused unless ok(value)."""
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
         value = value[()]
@@ -132,15 +189,15 @@ def real(name: str, value, expected: str, ok) -> float:
     return number
 
 
-def check_eps(value, name: str = "eps") -> float:
+def check_eps(value: object, name: str = "eps") -> float:
     return real(name, value, "a finite number > 0", lambda v: 0 < v < math.inf)
 
 
-def check_momentum(value, name: str = "momentum") -> float:
+def check_momentum(value: object, name: str = "momentum") -> float:
     return real(name, value, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
 
 
-def float_dtype(name: str, dtype) -> np.dtype:
+def float_dtype(name: str, dtype: DTypeLike) -> np.dtype:
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -150,7 +207,7 @@ def float_dtype(name: str, dtype) -> np.dtype:
     return dt
 
 
-def as_array(name: str, value, kinds: str | None = "iuf", expected: str = "real numbers") -> np.ndarray:
+def as_array(name: str, value: object, kinds: str | None = "iuf", expected: str = "real numbers") -> np.ndarray:
     """np.asarray(value), refused (TypeError naming *name*) unless its dtype kind is in *kinds* (i, u: integers,
     f: floats, b: bools; None: any); ragged nesting is refused too."""
     try:
@@ -162,7 +219,7 @@ def as_array(name: str, value, kinds: str | None = "iuf", expected: str = "real 
     return a
 
 
-def npz_path(path) -> Path:
+def npz_path(path: PathLike) -> Path:
     """*path* as save() writes it: ".npz" appended when missing (NumPy's rule)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a file path (str or os.PathLike); got {type(path).__name__}")
@@ -172,7 +229,7 @@ def npz_path(path) -> Path:
     return path if path.name.endswith(".npz") else path.with_name(path.name + ".npz")
 
 
-def read_npz(path) -> tuple[dict[str, np.ndarray], Path]:
+def read_npz(path: PathLike) -> tuple[dict[str, np.ndarray], Path]:
     """Every array of an ``.npz`` file (no pickles), and the path; errors name the path."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a file path (str or os.PathLike); got {type(path).__name__}")
@@ -200,7 +257,7 @@ def read_npz(path) -> tuple[dict[str, np.ndarray], Path]:
     return state, path
 
 
-def load_into(targets: dict[str, np.ndarray], state, owner: str, nonnegative=()) -> None:
+def load_into(targets: dict[str, np.ndarray], state: object, owner: str, nonnegative: Collection[str] = ()) -> None:
     """Copy state[k] into targets[k] for every key, after checking every entry (keys, shapes, dtypes, values; the
     keys in *nonnegative* must be >= 0): nothing is written unless everything fits."""
     if not isinstance(state, Mapping):
@@ -248,29 +305,48 @@ def _bad(value: np.ndarray, where: np.ndarray) -> str:
     return f"{value[index]!r}{at}" + (f" ({int(where.sum())} such values)" if where.sum() > 1 else "")
 
 
-def positive_int(name: str, value) -> int:
+def positive_int(name: str, value: object) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive integer; got {value!r}")
     return int(value)
 
 
+class Default(enum.Enum):
+    """The type of DEFAULT."""
+
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: BatchNorm(momentum=DEFAULT): the running convention's default momentum (None is PyTorch's cumulative average).
+DEFAULT = Default.DEFAULT
+
+#: Keras' axis=-1: channels on the last axis of an input of any rank >= 2, all the others reduced by batch norm.
+CHANNELS_LAST = "channels_last"
+
+
 class _Norm(Layer):
-    """A norm layer over one generated module. Subclasses set the spec, the parameter shape and the input view."""
+    """A norm layer over one generated module. Subclasses set the spec, the parameter shape and the input view.
+
+    gamma (and beta where the spec has one) always exist; *scale* and *center* say whether they are trained
+    parameters or stay fixed at 1 and 0 (affine=False, Keras' scale=False / center=False)."""
 
     per = "statistic"  # what one statistic is computed over, for the error message
-    momentum = None
 
-    def __init__(self, spec, param_shape, affine, backend, dtype, eps, affine_name="affine"):
+    def __init__(self, spec, param_shape, backend, dtype, eps, *, scale: bool, center: bool):
         self.spec = spec
         self.eps = spec.eps if eps is None else check_eps(eps)
-        self.affine = flag(affine_name, affine)
         self.dtype = float_dtype("dtype", dtype)
         # Options that only change default arguments are passed at call time, so every layer of one kind shares a
         # single cached module whatever its eps and momentum.
-        self.kernels = load(spec.with_options(eps=1e-5, momentum=None), backend)
+        self.kernels = self.eval_kernels = load(spec.with_options(eps=1e-5, momentum=None), backend)
         self.backend = backend
         self.gamma = np.ones(param_shape, self.dtype)
         self.beta = np.zeros(param_shape, self.dtype) if spec.center else None
+        self.trained = tuple(name for name, on in (("gamma", scale), ("beta", center and spec.center)) if on)
+        self.affine = bool(self.trained)
         self.dgamma = np.zeros_like(self.gamma)
         self.dbeta = None if self.beta is None else np.zeros_like(self.beta)
         self._cache = None
@@ -280,12 +356,17 @@ class _Norm(Layer):
         """The input as the kernel's layout (a reshape where the layer accepts more shapes than the kernel)."""
         return x
 
-    def _running(self):
-        """Running statistics to update in training and use in eval, or None."""
+    def _running(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Running statistics to update in training and use in eval (by eval_kernels), or None."""
         return None
 
+    def _forward_train(self, xv: np.ndarray, params: tuple) -> tuple[np.ndarray, list]:
+        """y and the statistics backward needs, from the input's own statistics (updating running ones, if any)."""
+        y, *saved = self.kernels.forward_train(xv, *params, eps=self.eps)
+        return y, saved
+
     # --- forward and backward ------------------------------------------------------------------------------------
-    def _params(self):
+    def _params(self) -> tuple[np.ndarray, ...]:
         return (self.gamma,) if self.beta is None else (self.gamma, self.beta)
 
     def _check(self, x) -> np.ndarray:
@@ -299,7 +380,7 @@ class _Norm(Layer):
     def _too_few(self, xv: np.ndarray) -> bool:
         return self.spec.set_size(xv.shape) < 2
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         x = self._check(x)
         xv = self._view(x)
         running = self._running()
@@ -309,21 +390,16 @@ class _Norm(Layer):
                 when = "when training" if running is not None else "to compute its statistics"
                 raise ValueError(f"x: {type(self).__name__} expects more than 1 value per {self.per} {when}; got "
                                  f"input size {x.shape}" + (" (use eval() for single examples)" if running else ""))
-            options = {"eps": self.eps}
-            if self.training and running is not None:
-                options["momentum"] = self.momentum  # and the kernel updates the running statistics in place
-            else:
-                running = ()
             # saved statistics (mu, istd, ...) go back to the kernel as they came: float64 or x's dtype
-            y, *saved = self.kernels.forward_train(xv, *self._params(), *running, **options)
+            y, saved = self._forward_train(xv, self._params())
             self._cache = (x.shape, xv, saved, None)
         else:
-            y = self.kernels.forward_eval(xv, *self._params(), *running, eps=self.eps)
+            y = self.eval_kernels.forward_eval(xv, *self._params(), *running, eps=self.eps)
             # the running statistics this forward used, for backward: a later load_state_dict must not change them
             self._cache = (x.shape, xv, None, tuple(np.array(r, copy=True) for r in running))
         return y.reshape(x.shape)
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> np.ndarray:
         """dx for the last forward; sets dgamma (and dbeta). In eval mode the statistics are constants."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
@@ -338,134 +414,220 @@ class _Norm(Layer):
         if saved is not None:
             dx, *dparams = self.kernels.backward(dy, xv, gamma, *saved, eps=self.eps)
         else:
-            dx, *dparams = self.kernels.backward_eval(dy, xv, gamma, *running, eps=self.eps)
-        if self.affine:
-            dgamma = dparams[0].reshape(self.gamma.shape).astype(self.dtype)
-            dbeta = None if self.beta is None else dparams[1].reshape(self.beta.shape).astype(self.dtype)
-            self.dgamma, self.dbeta = dgamma, dbeta
+            dx, *dparams = self.eval_kernels.backward_eval(dy, xv, gamma, *running, eps=self.eps)
+        for name, d in zip(("gamma", "beta"), dparams):
+            if name in self.trained:
+                setattr(self, "d" + name, d.reshape(self.gamma.shape).astype(self.dtype))
         return dx.reshape(shape)
 
-    def parameters(self):
-        if not self.affine:
-            return {}
-        return {"gamma": self.gamma} if self.beta is None else {"gamma": self.gamma, "beta": self.beta}
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.trained}
 
-    def gradients(self):
-        if not self.affine:
-            return {}
-        return {"gamma": self.dgamma} if self.beta is None else {"gamma": self.dgamma, "beta": self.dbeta}
+    def gradients(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, "d" + name) for name in self.trained}
 
 
-def _layout(layout: str, allowed=tuple(LAYOUTS)) -> str:
-    if not isinstance(layout, str) or layout not in allowed:
-        raise ValueError(f"layout: expected one of {', '.join(allowed)}; got {layout!r}")
-    return layout
+def _layout(layout: str, allowed: tuple[str, ...] = tuple(LAYOUTS)) -> str:
+    """A layout name as the layers spell it (LAYOUTS' upper case, CHANNELS_LAST in lower case), given in any case."""
+    name = layout.upper() if isinstance(layout, str) else None
+    name = CHANNELS_LAST if name == CHANNELS_LAST.upper() else name
+    if name not in allowed:
+        raise ValueError(f"layout: expected one of {', '.join(allowed)} (in any case); got {layout!r}")
+    return name
 
 
 class _PerChannel(_Norm):
-    """Parameters per channel, input in a named layout (batch, group and instance norm)."""
+    """Parameters per channel, input in a named layout (batch, group and instance norm). CHANNELS_LAST runs the NC
+    kernel on the input viewed as (everything else, C): batch norm over all axes but the last."""
 
-    def __init__(self, spec, num_channels, affine, backend, dtype, eps):
+    def __init__(self, spec, num_channels, backend, dtype, eps, *, scale, center, layout=None):
         self.num_channels = num_channels
-        self.channel_axis = LAYOUTS[spec.layout].channel
-        super().__init__(spec, (num_channels,), affine, backend, dtype, eps)
+        self.layout = layout or spec.layout
+        self.channel_axis = -1 if self.layout == CHANNELS_LAST else LAYOUTS[spec.layout].channel
+        super().__init__(spec, (num_channels,), backend, dtype, eps, scale=scale, center=center)
 
     def _check(self, x):
         x = super()._check(x)
-        ndim = LAYOUTS[self.spec.layout].ndim
-        if x.ndim != ndim:
-            raise ValueError(f"x: {self!r} expects {ndim}-D input ({self.spec.layout}); got shape {x.shape}")
+        if self.layout == CHANNELS_LAST:
+            if x.ndim < 2:
+                raise ValueError(f"x: {self!r} expects input of at least 2 dimensions, channels last; got shape "
+                                 f"{x.shape}")
+        elif x.ndim != LAYOUTS[self.layout].ndim:
+            raise ValueError(f"x: {self!r} expects {LAYOUTS[self.layout].ndim}-D input ({self.layout}); got shape "
+                             f"{x.shape}")
         if x.shape[self.channel_axis] != self.num_channels:
             raise ValueError(f"x: {self!r} expects {self.num_channels} channels on axis {self.channel_axis}; "
                              f"got shape {x.shape}")
         return x
 
+    def _view(self, x):
+        return x.reshape(-1, self.num_channels) if self.layout == CHANNELS_LAST else x
 
-class BatchNorm(_PerChannel):
-    """Batch norm over a layout: NC (BatchNorm1d), NCL, NCHW (BatchNorm2d), NHWC, NCDHW (BatchNorm3d).
 
-    eps and momentum default to those of the ``running`` convention ("pytorch": 1e-5 and 0.1, "keras": 1e-3 and
-    0.99; see the module docstring). With track_running_stats=False, eval mode uses the batch's statistics too.
-    """
+class _Running(_PerChannel):
+    """A per-channel norm that keeps running statistics (when track_running_stats): a mean and a variance per
+    channel, and the number of training batches seen."""
 
     per = "channel"
 
-    def __init__(self, num_features: int, layout: str = "NC", *, eps: float | None = None,
-                 momentum: float | None = None, running: str = "pytorch", affine: bool = True,
-                 track_running_stats: bool = True, backend: str = "numpy", dtype=np.float64):
-        if not isinstance(running, str) or running not in RUNNING:
-            raise ValueError(f"running: expected one of {', '.join(RUNNING)}; got {running!r}")
-        eps = RUNNING[running].eps if eps is None else check_eps(eps)
-        momentum = RUNNING[running].momentum if momentum is None else check_momentum(momentum)
-        track_running_stats = flag("track_running_stats", track_running_stats)
-        num_features = positive_int("num_features", num_features)
-        spec = preset("batch", _layout(layout), running=running, eps=eps, momentum=momentum)
-        self.momentum, self.running = momentum, running
-        super().__init__(spec, num_features, affine, backend, dtype, eps)
-        self.track_running_stats = track_running_stats
+    def __init__(self, spec, num_channels, backend, dtype, eps, momentum, track_running_stats, **options):
+        self.momentum = momentum
+        self.track_running_stats = flag("track_running_stats", track_running_stats)
+        super().__init__(spec, num_channels, backend, dtype, eps, **options)
         self.running_mean = np.zeros(self.num_channels, self.dtype)
         self.running_var = np.ones(self.num_channels, self.dtype)
         self.num_batches_tracked = np.zeros((), np.int64)
 
-    @classmethod
-    def keras(cls, num_features: int, layout: str = "NC", **options):
-        """Keras' BatchNormalization defaults: eps=1e-3, momentum=0.99, r <- m r + (1 - m) s, variance uncorrected."""
-        return cls(num_features, layout, running="keras", **options)
-
     def _running(self):
         return (self.running_mean, self.running_var) if self.track_running_stats else None
 
-    def forward(self, x):
-        y = super().forward(x)
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-        return y
-
-    def buffers(self):
+    def buffers(self) -> dict[str, np.ndarray]:
         if not self.track_running_stats:
             return {}
         return {"running_mean": self.running_mean, "running_var": self.running_var,
                 "num_batches_tracked": self.num_batches_tracked}
 
-    def nonnegative(self):
+    def nonnegative(self) -> set[str]:
         return {"running_var", "num_batches_tracked"} if self.track_running_stats else set()
 
-    def __repr__(self):
-        return (f"BatchNorm({self.num_channels}, {self.spec.layout!r}, eps={self.eps:g}, momentum={self.momentum:g}, "
-                f"running={self.running!r}, backend={self.backend!r})")
+
+def _options(**flags) -> dict[str, bool]:
+    """Boolean options checked (True or False), by name."""
+    return {name: flag(name, value) for name, value in flags.items()}
+
+
+class BatchNorm(_Running):
+    """Batch norm over a layout: NC (BatchNorm1d), NCL, NCHW (BatchNorm2d), NHWC, NCDHW (BatchNorm3d), or
+    "channels_last" (the channels on the last axis of any rank, as Keras' axis=-1 and makemore's (N, L, C)).
+
+    eps and momentum default to those of the ``running`` convention ("pytorch": 1e-5 and 0.1, "keras": 1e-3 and
+    0.99; see the module docstring); momentum=None is PyTorch's cumulative moving average. ddof=1 normalizes with the
+    unbiased variance (makemore). affine sets whether gamma and beta are trained; scale (gamma) and center (beta),
+    Keras' flags, override it one by one. With track_running_stats=False, eval mode uses the batch's statistics too.
+    """
+
+    def __init__(self, num_features: int, layout: str = "NC", *, eps: float | None = None,
+                 momentum: float | Default | None = DEFAULT, running: str = "pytorch", ddof: int = 0,
+                 affine: bool = True, center: bool | None = None, scale: bool | None = None,
+                 track_running_stats: bool = True, backend: str = "numpy", dtype: DTypeLike = np.float64):
+        if not isinstance(running, str) or running not in RUNNING:
+            raise ValueError(f"running: expected one of {', '.join(RUNNING)}; got {running!r}")
+        if isinstance(ddof, (bool, np.bool_)) or ddof not in (0, 1):
+            raise ValueError(f"ddof: expected 0 (the biased variance, as PyTorch and Keras normalize) or 1 (the "
+                             f"unbiased one, as makemore's x.var(0)); got {ddof!r}")
+        eps = RUNNING[running].eps if eps is None else check_eps(eps)
+        if momentum is DEFAULT:
+            momentum = RUNNING[running].momentum
+        elif momentum is not None:
+            momentum = check_momentum(momentum)
+        affine = flag("affine", affine)
+        flags = _options(scale=affine if scale is None else scale, center=affine if center is None else center)
+        num_features = positive_int("num_features", num_features)
+        layout = _layout(layout, (*LAYOUTS, CHANNELS_LAST))
+        spec = preset("batch", "NC" if layout == CHANNELS_LAST else layout, running=running, ddof=int(ddof), eps=eps)
+        self.running = running
+        super().__init__(spec, num_features, backend, dtype, eps, momentum, track_running_stats, layout=layout,
+                         **flags)
+
+    @classmethod
+    def keras(cls, num_features: int, layout: str = CHANNELS_LAST, *, center: bool = True, scale: bool = True,
+              **options) -> BatchNorm:
+        """Keras' BatchNormalization: eps=1e-3, momentum=0.99, r <- m r + (1 - m) s, variance uncorrected; channels
+        last (axis=-1) by default; center (beta) and scale (gamma) as Keras' flags."""
+        return cls(num_features, layout, running="keras", **_options(center=center, scale=scale), **options)
+
+    @classmethod
+    def makemore(cls, num_features: int, layout: str = CHANNELS_LAST, **options) -> BatchNorm:
+        """makemore's BatchNorm1d: the unbiased variance x.var(0) (ddof=1) in the normalization and, uncorrected, in
+        the running variance; PyTorch's eps=1e-5, momentum=0.1 and update rule; channels last, so (N, C) and
+        makemore's (N, L, C) both work."""
+        return cls(num_features, layout, ddof=1, **options)
+
+    def _forward_train(self, xv, params):
+        if not self.track_running_stats:
+            return super()._forward_train(xv, params)
+        running, momentum = self._running(), self.momentum
+        first = False
+        if momentum is None:  # the cumulative average: the n-th batch weighs 1/n
+            n = int(self.num_batches_tracked) + 1
+            first = n == 1
+            momentum = 1 / n if RUNNING[self.running].momentum_on_batch else 1 - 1 / n
+        if first:
+            # The first batch weighs 1, a momentum the kernels refuse (they take 0 < m < 1): half of it on zeroed
+            # copies, doubled, gives the same bits, since halving and doubling are exact in binary floating point.
+            running, momentum = tuple(np.zeros_like(r) for r in running), 0.5
+        y, *saved = self.kernels.forward_train(xv, *params, *running, momentum=momentum, eps=self.eps)
+        if first:
+            for mine, half in zip(self._running(), running):
+                mine[...] = 2 * half
+        self.num_batches_tracked += 1
+        return y, saved
+
+    def __repr__(self) -> str:
+        momentum = "None" if self.momentum is None else f"{self.momentum:g}"
+        ddof = ", ddof=1" if self.spec.ddof else ""
+        return (f"BatchNorm({self.num_channels}, {self.layout!r}, eps={self.eps:g}, momentum={momentum}, "
+                f"running={self.running!r}{ddof}, backend={self.backend!r})")
 
 
 class GroupNorm(_PerChannel):
     """Group norm: statistics per sample and group of num_channels // num_groups channels (and all positions)."""
 
     def __init__(self, num_groups: int, num_channels: int, layout: str = "NCHW", *, eps: float = 1e-5,
-                 affine: bool = True, backend: str = "numpy", dtype=np.float64):
+                 affine: bool = True, backend: str = "numpy", dtype: DTypeLike = np.float64):
         num_groups = positive_int("num_groups", num_groups)
         num_channels = positive_int("num_channels", num_channels)
         if num_channels % num_groups:
             raise ValueError(f"num_channels: expected a multiple of num_groups={num_groups}; got {num_channels}")
         self.num_groups = num_groups
+        affine = flag("affine", affine)
         spec = preset("group", _layout(layout), groups=num_groups, eps=check_eps(eps))
-        super().__init__(spec, num_channels, affine, backend, dtype, eps)
+        super().__init__(spec, num_channels, backend, dtype, eps, scale=affine, center=affine)
 
-    def __repr__(self):
-        return f"GroupNorm({self.num_groups}, {self.num_channels}, {self.spec.layout!r}, eps={self.eps:g})"
+    def __repr__(self) -> str:
+        return f"GroupNorm({self.num_groups}, {self.num_channels}, {self.layout!r}, eps={self.eps:g})"
 
 
-class InstanceNorm(_PerChannel):
+class InstanceNorm(_Running):
     """Instance norm: statistics per sample and channel over the spatial axes. affine=False by default, as in
-    PyTorch; no running statistics (PyTorch's track_running_stats=False default)."""
+    PyTorch.
+
+    track_running_stats=True keeps running statistics as torch.nn.InstanceNorm2d does: per channel, each training
+    batch's per-sample statistics averaged over the batch (the variances unbiased, corrected by L/(L - 1) for L
+    positions) and folded in with r <- (1 - momentum) r + momentum s; eval mode then normalizes with them (the batch
+    norm kernel for the layout: fixed per-channel statistics are the same computation). As in PyTorch,
+    num_batches_tracked is kept for the state dict but not counted, and momentum is a fixed number."""
 
     per = "channel of each sample (spatial size 1)"
 
-    def __init__(self, num_features: int, layout: str = "NCHW", *, eps: float = 1e-5, affine: bool = False,
-                 backend: str = "numpy", dtype=np.float64):
+    def __init__(self, num_features: int, layout: str = "NCHW", *, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = False, track_running_stats: bool = False, backend: str = "numpy",
+                 dtype: DTypeLike = np.float64):
         num_features = positive_int("num_features", num_features)
-        spec = preset("instance", _layout(layout, ("NCL", "NCHW", "NHWC", "NCDHW")), eps=check_eps(eps))
-        super().__init__(spec, num_features, affine, backend, dtype, eps)
+        affine = flag("affine", affine)
+        layout = _layout(layout, ("NCL", "NCHW", "NHWC", "NCDHW"))
+        spec = preset("instance", layout, eps=check_eps(eps))
+        super().__init__(spec, num_features, backend, dtype, eps, check_momentum(momentum), track_running_stats,
+                         scale=affine, center=affine)
+        if self.track_running_stats:
+            self.eval_kernels = load(preset("batch", layout), backend)
 
-    def __repr__(self):
-        return f"InstanceNorm({self.num_channels}, {self.spec.layout!r}, eps={self.eps:g})"
+    def _forward_train(self, xv, params):
+        y, saved = super()._forward_train(xv, params)
+        if self.track_running_stats:
+            stats = {name: np.reshape(s, (xv.shape[0], self.num_channels))
+                     for name, s in zip(self.kernels.SAVED, saved)}
+            # The kernel saves istd = 1/sqrt(var + eps), not var; the running variance needs var itself.
+            var = 1 / np.square(stats["istd"]) - self.eps
+            # The batch kernel's update applies the convention (the L/(L - 1) correction); it is linear in the
+            # statistics, so averaging them first equals PyTorch's average of the per-sample updates.
+            self.eval_kernels.update_running(*self._running(), stats["mu"].mean(axis=0), var.mean(axis=0),
+                                             self.spec.set_size(xv.shape), momentum=self.momentum)
+        return y, saved
+
+    def __repr__(self) -> str:
+        running = ", track_running_stats=True" if self.track_running_stats else ""
+        return f"InstanceNorm({self.num_channels}, {self.layout!r}, eps={self.eps:g}{running})"
 
 
 class _Trailing(_Norm):
@@ -475,6 +637,7 @@ class _Trailing(_Norm):
     per = "sample"
 
     def __init__(self, name, normalized_shape, affine, backend, dtype, eps):
+        affine = flag("elementwise_affine", affine)
         if isinstance(normalized_shape, (int, np.integer)):
             shape = (normalized_shape,)
         elif isinstance(normalized_shape, (str, bytes)):
@@ -492,8 +655,8 @@ class _Trailing(_Norm):
         self.normalized_shape = tuple(int(n) for n in shape)
         if math.prod(self.normalized_shape) < 2:
             raise ValueError(f"normalized_shape: expected more than 1 element to normalize; got {shape}")
-        super().__init__(preset(name, "NC", eps=check_eps(eps)), self.normalized_shape, affine, backend, dtype, eps,
-                         "elementwise_affine")
+        super().__init__(preset(name, "NC", eps=check_eps(eps)), self.normalized_shape, backend, dtype, eps,
+                         scale=affine, center=affine)
 
     def _check(self, x):
         x = super()._check(x)
@@ -513,11 +676,11 @@ class _Trailing(_Norm):
 class LayerNorm(_Trailing):
     """Layer norm over the trailing normalized_shape (as torch.nn.LayerNorm)."""
 
-    def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 backend: str = "numpy", dtype=np.float64):
+    def __init__(self, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5, elementwise_affine: bool = True,
+                 backend: str = "numpy", dtype: DTypeLike = np.float64):
         super().__init__("layer", normalized_shape, elementwise_affine, backend, dtype, eps)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"LayerNorm({self.normalized_shape}, eps={self.eps:g})"
 
 
@@ -525,9 +688,9 @@ class RMSNorm(_Trailing):
     """RMS norm over the trailing normalized_shape: gamma only. eps defaults to 1e-5 (torch.nn.RMSNorm's default
     eps=None means the dtype's machine epsilon; pass that explicitly to match it)."""
 
-    def __init__(self, normalized_shape, *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 backend: str = "numpy", dtype=np.float64):
+    def __init__(self, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5, elementwise_affine: bool = True,
+                 backend: str = "numpy", dtype: DTypeLike = np.float64):
         super().__init__("rms", normalized_shape, elementwise_affine, backend, dtype, eps)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"RMSNorm({self.normalized_shape}, eps={self.eps:g})"

@@ -241,3 +241,43 @@ def test_groupnorm_bad_arguments_are_named():
         spatial_groupnorm_forward(x, np.ones(6), np.zeros((1, 6, 1, 1)), 2, {})
     with pytest.raises(ValueError, match="x: expected 4 dimensions"):
         spatial_batchnorm_forward(np.zeros((2, 6)), np.ones(6), np.zeros(6), {"mode": "train"})
+
+
+# --- arrays as the notebooks pass them (issue 22) ------------------------------------------------------------------
+
+def test_the_notebooks_integer_parameters_work():
+    # ConvolutionalNetworks.ipynb, spatial batch norm: "means should be close to beta and stds close to gamma"
+    N, C, H, W = 2, 3, 4, 5
+    x = 4 * RNG.normal(size=(N, C, H, W)) + 10
+    bn_param = {"mode": "train"}
+    gamma, beta = np.asarray([3, 4, 5]), np.asarray([6, 7, 8])
+    out, cache = spatial_batchnorm_forward(x, gamma, beta, bn_param)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), [6, 7, 8], atol=1e-10)
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), [3, 4, 5], rtol=1e-4)
+    dx, dgamma, dbeta = spatial_batchnorm_backward(np.ones((N, C, H, W), dtype=int), cache)
+    assert dx.dtype == dgamma.dtype == np.float64 and dgamma.shape == (3,)
+    np.testing.assert_allclose(dbeta, [H * W * N] * 3)
+
+
+@pytest.mark.parametrize("forward, shape, param_shape", [
+    (lambda x, g, b: batchnorm_forward(x, g, b, {"mode": "train"}), (4, 3), (3,)),
+    (lambda x, g, b: layernorm_forward(x, g, b, {}), (4, 3), (3,)),
+    (lambda x, g, b: spatial_batchnorm_forward(x, g, b, {"mode": "train"}), (2, 3, 2, 2), (3,)),
+    (lambda x, g, b: spatial_groupnorm_forward(x, g, b, 3, {}), (2, 3, 2, 2), (1, 3, 1, 1)),
+], ids=["batch", "layer", "spatial_batch", "spatial_group"])
+def test_integer_bool_and_list_arrays_are_taken_as_float64_and_float32_stays(forward, shape, param_shape):
+    x = RNG.integers(-5, 5, shape)
+    gamma, beta = RNG.integers(1, 4, param_shape), RNG.integers(-2, 2, param_shape)
+    expected = forward(x.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64))[0]
+    for args in ((x, gamma, beta), (x.tolist(), gamma.tolist(), beta.tolist())):
+        out = forward(*args)[0]
+        assert out.dtype == np.float64
+        np.testing.assert_array_equal(out, expected)
+    flags, small = x > 0, (beta > 0).astype(np.uint8)
+    out = forward(flags, gamma > 1, small)[0]
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, forward(flags.astype(float), (gamma > 1).astype(float), small.astype(float))[0])
+    out32 = forward(x.astype(np.float32), gamma, beta)[0]
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, expected, rtol=1e-5, atol=1e-5)

@@ -86,6 +86,16 @@ def test_state_dict_with_one_bad_entry_is_refused_whole(override, error, name):
     refused(bn, lambda: bn.load_state_dict({**good_state(), **override}), error, name, "expected")
 
 
+@pytest.mark.parametrize("naming", ["torch", "keras"])
+def test_framework_named_state_with_one_bad_entry_is_refused_whole(naming):
+    bn = trained_bn()
+    state = trained_bn().state_dict(naming=naming)
+    variance = "running_var" if naming == "torch" else "moving_variance"
+    refused(bn, lambda: bn.load_state_dict({**state, variance: -np.ones(3)}), ValueError, f"'{variance}'", ">= 0")
+    refused(bn, lambda: bn.load_state_dict({**state, "gamma" if naming == "keras" else "weight": np.ones(2)}),
+            ValueError, "expected shape (3,)")
+
+
 def test_state_dict_that_is_not_a_mapping_or_misses_a_key_is_refused():
     bn = trained_bn()
     for state in (None, [np.ones(3)], "state"):
@@ -205,6 +215,19 @@ def test_save_to_an_unwritable_path_is_a_clear_error_and_an_earlier_file_stays_w
     (lambda: LayerNorm(5.0), ValueError, "normalized_shape"),
     (lambda: LayerNorm(5, elementwise_affine="yes"), ValueError, "elementwise_affine"),
     (lambda: RMSNorm(6, eps=-1e-6), ValueError, "eps"),
+    (lambda: BatchNorm(3, ddof=2), ValueError, "ddof"),
+    (lambda: BatchNorm(3, ddof=True), ValueError, "ddof"),
+    (lambda: BatchNorm(3, ddof="1"), ValueError, "ddof"),
+    (lambda: BatchNorm(3, center="no"), ValueError, "center"),
+    (lambda: BatchNorm.keras(3, scale=None), ValueError, "scale"),
+    (lambda: BatchNorm(3, 3), ValueError, "layout"),
+    (lambda: BatchNorm(3, "channels_first"), ValueError, "layout"),
+    (lambda: GroupNorm(2, 4, "channels_last"), ValueError, "layout"),
+    (lambda: InstanceNorm(3, momentum=None), ValueError, "momentum"),
+    (lambda: InstanceNorm(3, momentum=1.0), ValueError, "momentum"),
+    (lambda: InstanceNorm(3, track_running_stats="yes"), ValueError, "track_running_stats"),
+    (lambda: BatchNorm(3).state_dict(naming="tf"), ValueError, "naming"),
+    (lambda: BatchNorm(3).state_dict(naming=None), ValueError, "naming"),
 ])
 def test_bad_constructor_option_is_refused_naming_it(make, error, name):
     refused(None, make, error, name)
@@ -232,6 +255,21 @@ def test_refused_forward_leaves_running_statistics_untouched(x, error):
     dx = bn.backward(dy)
     refused(bn, lambda: bn.forward(x), error, "x:")
     np.testing.assert_array_equal(bn.backward(dy), dx)  # the last good forward's cache is still the one used
+
+
+@pytest.mark.parametrize("make", [lambda: trained_bn(momentum=None), lambda: BatchNorm(3, momentum=None),
+                                  lambda: BatchNorm.makemore(3)], ids=["cumulative", "cumulative-first", "makemore"])
+def test_refused_forward_with_other_conventions_leaves_running_statistics_untouched(make):
+    bn = make()
+    for x in (np.ones((1, 3)), np.ones((4, 2)), np.ones((4, 3), complex)):
+        refused(bn, lambda: bn.forward(x), (ValueError, TypeError), "x:")
+
+
+def test_refused_forward_of_instance_norm_with_running_statistics_changes_nothing():
+    layer = InstanceNorm(3, affine=True, track_running_stats=True)
+    layer.forward(RNG.normal(size=(2, 3, 2, 2)))
+    for x in (np.ones((2, 3, 1, 1)), np.ones((2, 4, 2, 2)), np.ones((2, 3, 2))):
+        refused(layer, lambda: layer.forward(x), ValueError, "x:")
 
 
 def test_refused_forward_of_the_other_layers_names_x():
@@ -466,6 +504,21 @@ def test_cs231n_refused_batchnorm_leaves_bn_param_as_it_was(bn_param, x, gamma, 
 ])
 def test_cs231n_bad_param_dict_cache_or_dout_is_refused_naming_it(call, error, name):
     refused(None, call, error, name)
+
+
+@pytest.mark.parametrize("name, arrays", [
+    ("x", {"x": np.ones((4, 3), complex)}), ("x", {"x": np.full((4, 3), "a")}), ("x", {"x": [[1.0, 2.0], [1.0]]}),
+    ("gamma", {"gamma": np.ones(3, complex)}), ("gamma", {"gamma": None}), ("gamma", {"gamma": ["a", "b", "c"]}),
+    ("beta", {"beta": np.array([1.0, 2.0, 3.0], object)}), ("beta", {"beta": np.ones(3) + 1j}),
+])
+def test_cs231n_non_real_arrays_are_refused_naming_the_argument(name, arrays):
+    args = {"x": RNG.normal(size=(4, 3)), "gamma": G3, "beta": B3, **arrays}
+    bn_param = {"mode": "train"}
+    for forward, params in ((cs231n.batchnorm_forward, bn_param), (cs231n.layernorm_forward, {})):
+        message = refused(None, lambda: forward(args["x"], args["gamma"], args["beta"], params), TypeError, name)
+        assert "expected" in message and "real numbers" in message
+    assert bn_param == {"mode": "train"}  # nothing created by the refused forward
+    refused(None, lambda: cs231n.batchnorm_backward(np.full((4, 3), None), _cache()), TypeError, "dout")
 
 
 def _cache():

@@ -35,11 +35,16 @@ CASES = {
     "batch_ncdhw": (lambda: BatchNorm(2, "NCDHW"), (2, 2, 3, 2, 2),
                     lambda x, g, b: g[:, None, None, None] * reference(x, (0, 2, 3, 4), 1e-5) + b[:, None, None, None]),
     "batch_keras": (lambda: BatchNorm.keras(3), (6, 3), lambda x, g, b: g * reference(x, 0, 1e-3) + b),
+    "batch_keras_4d": (lambda: BatchNorm.keras(3), (2, 3, 4, 3), lambda x, g, b: g * reference(x, (0, 1, 2), 1e-3) + b),
+    "batch_makemore": (lambda: BatchNorm.makemore(3), (4, 5, 3),
+                       lambda x, g, b: g * reference(x, (0, 1), 1e-5, ddof=1) + b),
     "group": (lambda: GroupNorm(2, 4), (3, 4, 2, 3),
               lambda x, g, b: g[:, None, None] * reference(x.reshape(3, 2, 2, 2, 3), (2, 3, 4), 1e-5).reshape(x.shape)
               + b[:, None, None]),
     "instance": (lambda: InstanceNorm(3, affine=True), (2, 3, 4, 3),
                  lambda x, g, b: g[:, None, None] * reference(x, (2, 3), 1e-5) + b[:, None, None]),
+    "instance_running": (lambda: InstanceNorm(3, "NHWC", affine=True, track_running_stats=True), (2, 4, 3, 3),
+                         lambda x, g, b: g * reference(x, (1, 2), 1e-5) + b),
     "layer_2d": (lambda: LayerNorm((3, 4)), (2, 5, 3, 4), lambda x, g, b: g * reference(x, (2, 3), 1e-5) + b),
     "layer_1d": (lambda: LayerNorm(5, eps=1e-3), (4, 5), lambda x, g, b: g * reference(x, 1, 1e-3) + b),
     "rms": (lambda: RMSNorm(6), (3, 6), lambda x, g, b: g * x / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + 1e-5)),
@@ -60,7 +65,7 @@ def test_forward_matches_textbook_numpy(case):
 def test_backward_matches_central_differences(case, mode):
     make, shape, _ = CASES[case]
     layer = randomize(make())
-    if mode == "eval" and isinstance(layer, BatchNorm):
+    if mode == "eval" and layer.buffers():
         layer.running_mean[...] = RNG.normal(size=layer.running_mean.shape)
         layer.running_var[...] = RNG.uniform(0.5, 2.0, layer.running_var.shape)
     layer.train(mode == "train")
@@ -169,7 +174,8 @@ def test_group_and_instance_norm_with_one_value_per_statistic_raise():
         LayerNorm(1)
 
 
-@pytest.mark.parametrize("case", ["batch_nchw", "batch_keras", "group", "layer_2d", "rms"])
+@pytest.mark.parametrize("case", ["batch_nchw", "batch_keras", "batch_makemore", "group", "instance_running",
+                                  "layer_2d", "rms"])
 def test_state_dict_round_trip_through_npz(case, tmp_path):
     make, shape, _ = CASES[case]
     a = randomize(make())
