@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from symbn.layers import as_array, real
+from symbn.layers import BatchNorm, as_array, real
 
 
 def _weight(W, what: str) -> np.ndarray:
@@ -62,7 +63,8 @@ def _bias(b, n):
     return b
 
 
-def fold_dense(W, b, gamma, beta, mean, var, eps: float = 1e-5, layout: str = "in_out"):
+def fold_dense(W: ArrayLike, b: ArrayLike | None, gamma: ArrayLike | None, beta: ArrayLike | None, mean: ArrayLike,
+               var: ArrayLike, eps: float = 1e-5, layout: str = "in_out") -> tuple[np.ndarray, np.ndarray]:
     """(W', b') for a dense layer followed by an eval-mode batch norm; b=None when the layer has no bias,
     gamma/beta None for a batch norm without affine parameters. W' keeps W's layout and dtype."""
     W = _weight(W, "a 2-D dense weight")
@@ -77,7 +79,8 @@ def fold_dense(W, b, gamma, beta, mean, var, eps: float = 1e-5, layout: str = "i
     return W_new.astype(dtype), (_bias(b, n) * s + shift).astype(dtype)
 
 
-def fold_conv(W, b, gamma, beta, mean, var, eps: float = 1e-5):
+def fold_conv(W: ArrayLike, b: ArrayLike | None, gamma: ArrayLike | None, beta: ArrayLike | None, mean: ArrayLike,
+              var: ArrayLike, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     """(W', b') for a convolution with weight (C_out, C_in, *kernel) followed by an eval-mode batch norm over
     its C_out channels; b=None when the convolution has no bias."""
     W = _weight(W, "a convolution weight (C_out, C_in, *kernel)")
@@ -90,7 +93,8 @@ def fold_conv(W, b, gamma, beta, mean, var, eps: float = 1e-5):
     return W_new.astype(dtype), (_bias(b, n) * s + shift).astype(dtype)
 
 
-def fold_batchnorm(W, b, bn, kind: str = "dense", layout: str = "in_out"):
+def fold_batchnorm(W: ArrayLike, b: ArrayLike | None, bn: BatchNorm, kind: str = "dense",
+                   layout: str = "in_out") -> tuple[np.ndarray, np.ndarray]:
     """Fold a symbn.layers.BatchNorm (its running statistics, eps and affine parameters) into W, b.
     kind: "dense" (with *layout* as in fold_dense) or "conv"."""
     if not getattr(bn, "track_running_stats", False):

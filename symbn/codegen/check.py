@@ -24,6 +24,7 @@ passes whatever its expression and inputs, and a wrong one fails:
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -342,7 +343,7 @@ def sum_check(module, data: dict, dx: np.ndarray) -> Result:
                                           f"M = {size}) exceeds 1e-12 max|dx|")
 
 
-def run(module, seed: int = 0) -> list[Result]:
+def run(module: types.ModuleType, seed: int = 0) -> list[Result]:
     """Finite differences (float64, relative error <= 1e-7), the Taylor slope, and sum(dx) = 0 where it holds."""
     data = inputs(module, seed=seed)
     _, grads = loss_and_grads(module, data)

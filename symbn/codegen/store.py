@@ -10,6 +10,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 from symbn.codegen.key import BACKENDS, input_digest, module_name
@@ -132,7 +133,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def import_path(path: Path, name: str | None = None, trust: bool = False):
+def import_path(path: str | os.PathLike, name: str | None = None, trust: bool = False) -> types.ModuleType:
     """Import (run) a generated module from a file path: one exactly as symbn wrote it (banner and content hash
     intact), or any Python file when *trust* is set. A generated module needs nothing from symbn."""
     path = Path(path)
@@ -173,7 +174,7 @@ def module_file(spec: Spec, backend: str, generated: Path = CATALOGUE_DIR) -> tu
     return Path(load(spec, backend).__file__), False
 
 
-def load(spec: Spec, backend: str = "numba"):
+def load(spec: Spec, backend: str = "numba") -> types.ModuleType:
     """The generated module for *spec*, generated into the cache (keyed by the input hash) when needed. A cached file
     that is not exactly what symbn wrote (truncated, emptied, edited) is regenerated before it is imported."""
     if not isinstance(spec, Spec):

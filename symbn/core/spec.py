@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from symbn.core import expr
@@ -345,7 +346,7 @@ def _preset_axes(name, layout) -> tuple[int, tuple[int, ...], tuple[int, ...], i
 
 
 def preset(name: str, layout: str | None = None, *, groups: int | None = None, center: bool | None = None,
-           scale: bool = True, **options) -> Spec:
+           scale: bool = True, **options: object) -> Spec:
     """The spec of a preset normalization for a layout, e.g. ``preset("group", "NCHW", groups=4)``."""
     if not isinstance(name, str) or name not in PRESETS:
         raise SpecError("preset", name, f"one of {', '.join(PRESETS)}")
@@ -377,9 +378,9 @@ def _preset_expression(name: str) -> str:
     return f"gamma*({PRESETS[name].core}) + beta"
 
 
-def custom(expression: str, *, ndim: int, axes, param_axes, groups: int | None = None,
+def custom(expression: str, *, ndim: int, axes: Sequence[int], param_axes: Sequence[int], groups: int | None = None,
            channel_axis: int | None = None, center: bool | None = None, scale: bool | None = None,
-           **options) -> Spec:
+           **options: object) -> Spec:
     """A spec from a forward expression and explicit axes; center/scale default to whether beta/gamma appear."""
     tree = expr.parse_exact(expression)
     return Spec(
@@ -395,8 +396,9 @@ def custom(expression: str, *, ndim: int, axes, param_axes, groups: int | None =
     )
 
 
-def make(what: str, *, layout: str | None = None, like: str | None = None, axes=None, param_axes=None,
-         ndim: int | None = None, groups: int | None = None, channel_axis: int | None = None, **options) -> Spec:
+def make(what: str, *, layout: str | None = None, like: str | None = None, axes: Sequence[int] | None = None,
+         param_axes: Sequence[int] | None = None, ndim: int | None = None, groups: int | None = None,
+         channel_axis: int | None = None, **options: object) -> Spec:
     """One entry point for the CLI and the API: a preset name or an expression, with a layout or explicit axes.
 
     An expression takes its axes from ``axes``/``param_axes`` (and ``ndim``, by default one more than the largest

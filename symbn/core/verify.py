@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -349,5 +350,5 @@ def _check_equal(a: sympy.Expr, b: sympy.Expr, where: str) -> float:
     return numeric
 
 
-def prove_all(derivation: Derivation, sizes=(2, 3, 4), seed: int = 0) -> list[Proof]:
+def prove_all(derivation: Derivation, sizes: Sequence[int] = (2, 3, 4), seed: int = 0) -> list[Proof]:
     return [prove(derivation, m, seed + m) for m in sizes]
