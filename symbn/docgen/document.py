@@ -21,13 +21,15 @@ from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, derive
 from symbn.docgen.formats import WRITERS, Writer, tex_lines
 from symbn.docgen.formats import tex as latex  # documents print products visibly
 from symbn.codegen.store import CATALOGUE_DIR
-from symbn.docgen.evidence import BACKWARD, ModuleChecks, ProofOutcome, kernel_excerpt, measure, prove_many
+from symbn.docgen.evidence import BACKWARD, ModuleChecks, ProofOutcome, kernel_excerpt, measure, prove_many, signature
+from symbn.docgen import kernelform
+from symbn.codegen.elementwise import SHIFT, XS
 from symbn.core.graph import ELEM, REDUCE
 from symbn.core.printing import latex_name
 from symbn.templating import render
 from symbn.core.describe import axis_names
 from symbn.core.spec import PRESETS, RUNNING, Spec
-from symbn.core.symbols import GAMMA
+from symbn.core.symbols import BETA, GAMMA
 
 SIGNATURE = "symbn derivation document"  # in a comment at the top of every file written here
 TEMPLATES = {"md": "docs/derivation.md.j2", "html": "docs/derivation.html.j2", "tex": "docs/derivation.tex.j2"}
@@ -143,7 +145,7 @@ def _context(d: Derivation, w: Writer, ev: Evidence, link_base: str | None) -> d
         proofs=_proof_rows(ev.proofs, w),
         proofs_ok=all(p.error is None for p in ev.proofs),
         modules=_module_rows(ev.modules, w, link_base),
-        kernel=_kernel(ev.modules, w),
+        kernel=_kernel(d, ev.modules, w),
         intro={k: w.prose(v.replace("{count}", str(len(d.steps)))) for k, v in _INTRO.items()},
     )
 
@@ -329,12 +331,124 @@ def _module_rows(modules: list[ModuleChecks], w: Writer, link_base: str | None) 
     return out
 
 
-def _kernel(modules: list[ModuleChecks], w: Writer) -> dict:
+def _kernel(d: Derivation, modules: list[ModuleChecks], w: Writer) -> dict:
     numba = next(m for m in modules if m.backend == "numba")
-    kernels, text = kernel_excerpt(numba.path.read_text())
+    module = numba.path.read_text()
+    kernels, text = kernel_excerpt(module)
     where = f"generated/{numba.path.name}" if numba.from_catalog else f"{numba.path.name} (symbn.load)"
+    reading = None
+    if kernels:
+        # checked here, as the document is built: the coefficients give back the compact dx, and the quoted kernel
+        # prints them (kernelform.KernelFormError otherwise, and no document)
+        form = kernelform.verify(kernelform.kernel_form(d.spec))
+        kernelform.check_module(form, text, where)
+        reading = _reading(d, form, w, signature(module, "backward_staged"))
     return dict(code=w.verbatim(text), fence=escape.markdown_fence(text), found=bool(kernels), entry=w.code(BACKWARD),
-                kernels=w.prose(_words([f"`{k}`" for k in kernels]) if kernels else "none"), where=w.code(where))
+                kernels=w.prose(_words([f"`{k}`" for k in kernels]) if kernels else "none"), where=w.code(where),
+                reading=reading)
+
+
+# What each Coefficient.kind says of a coefficient, in the list of section 7.
+_WHERE = {
+    "stat": "fixed per statistic",
+    "param": "one value per parameter index",
+    "both": "varies with the statistic and the parameter index",
+    "scalar": "a constant",
+}
+
+
+def _reading(d: Derivation, form: kernelform.KernelForm, w: Writer, staged: str | None) -> dict:
+    """Section 7's explanation: the compact dx as the kernel runs it, each coefficient in the document's notation,
+    why they are hoisted and why x is shifted, and what was checked (kernelform.verify, already run)."""
+    if not form.stages:
+        raise kernelform.KernelFormError(f"{d.spec.name}: the kernel's coefficients were not checked")
+    spelled = {XS: r"\left(x - " + latex_name("shift") + r"\right)"}
+
+    def name(k: sympy.Symbol) -> str:
+        return f"${latex_name(k.name)}$"
+
+    coefficients = list(form.coefficients)
+    formula = [w.display(f"{latex_name(t.name)} = {latex(v, spelled)}") for t, v in form.temps]
+    formula.append(w.display(f"{latex_name('dx')} = {latex(form.dx, spelled)}"))
+    items = [w.math(f"{latex_name(c.symbol.name)} = {latex(c.expr)}")
+             + w.prose(f" (`{c.symbol.name}`): {_WHERE[c.kind]}") for c in coefficients]
+    if form.shifted:
+        items.append(w.math(f"{latex_name('shift')} = {latex_name(form.mean.name)}")
+                     + w.prose(f" (`shift`): ${latex_name(form.mean.name)}$ rounded to the input's dtype"))
+    temps = f" (and {_words([name(t) for t, _ in form.temps])})" if form.temps else ""
+    intro = ("The loop that writes $\\mathrm{d}x$ does not evaluate the compact $\\mathrm{d}x$ of section 4 as written: "
+             "it runs it rearranged, in the kernel's names" + (", with $x - \\mathrm{shift}$ for `xs`" if form.shifted
+                                                                else "") + ":")
+    by_kind = {kind: [name(c.symbol) for c in coefficients if c.kind == kind] for kind in _WHERE}
+    hoisted = []
+    if form.factors:
+        spelled_factors = [f"${latex(f, spelled)}$" for f in form.factors]
+        hoisted.append("The coefficients are the compact $\\mathrm{d}x$ multiplied out"
+                       + (", with $x = \\left(x - \\mathrm{shift}\\right) + \\mathrm{shift}$," if form.shifted else "")
+                       + " and its terms collected by the per-element factor they carry ("
+                       + ", ".join(spelled_factors) + " or none).")
+    if form.columns:
+        hoisted.append(f"`{BACKWARD}` computes every coefficient before the kernel runs, as an array with one value "
+                       "per statistic (in float64, cast to the input's dtype), and the kernel reads the value of each "
+                       "element's column.")
+    else:
+        if by_kind["stat"]:
+            hoisted.append(f"{_words(by_kind['stat'])} {'are' if len(by_kind['stat']) > 1 else 'is'} computed once "
+                           "per statistic, in float64 from the statistics and the sums just taken and cast to the "
+                           "input's dtype, before the loop over that statistic's elements starts.")
+        if by_kind["param"]:
+            hoisted.append(f"{_words(by_kind['param'])} {'vary' if len(by_kind['param']) > 1 else 'varies'} along "
+                           f"the parameter axes inside a set: `{BACKWARD}` casts "
+                           + ("them" if len(by_kind["param"]) > 1 else "it")
+                           + " once to an array, which the loop reads per element.")
+        if by_kind["both"]:
+            plural = len(by_kind["both"]) > 1
+            hoisted.append(f"{_words(by_kind['both'])} {'vary' if plural else 'varies'} with both the statistic and "
+                           f"the parameter index and {'are' if plural else 'is'} computed per element.")
+    if form.columns or by_kind["stat"]:
+        held = ["the statistics", "the named sums"] + [f"${latex_name(leaf.name)}$" for leaf in (GAMMA, BETA) if any(
+            leaf in c.expr.free_symbols for c in coefficients if c.kind == "stat")]
+        hoisted.append("Everything a per-statistic coefficient holds (" + _words(held)
+                       + ") is constant over the $M$ elements of one statistic, so it is worked out once rather than "
+                       "$M$ times: each element costs only the few operations of the line above, not the "
+                       "whole compact formula.")
+    if form.others:
+        hoisted.append(f"The loop's other coefficients ({_words([name(k) for k in form.others])}) serve the "
+                       "parameter-gradient sums it adds up beside $\\mathrm{d}x$.")
+    if form.shifted:
+        mu = latex_name(form.mean.name)
+        shift = f"$\\mathrm{{shift}}$ is ${mu}$ rounded to the input's dtype."
+        if any(XS in m.free_symbols for _, m in form.sums):
+            shift += (" The backward's sums are taken just before, in one pass about the same shift, as "
+                      + _words([f"${latex_name(q.name)} = \\sum\\left({latex(m, spelled)}\\right)$"
+                                for q, m in form.sums])
+                      + ", and the named sums formed from them. Summed about zero instead, the sum of products with "
+                      f"$x$ would be large wherever ${mu}$ is large against the spread of $x$, and the named sum a "
+                      "difference of two such large numbers, most of whose digits cancel; about a shift near "
+                      f"${mu}$ the terms are small and nothing cancels.")
+        shift += (" In the input's dtype, $x - \\mathrm{shift}$ is then exact or nearly so (float32 stays float32)")
+        carry = [name(c.symbol) for c in coefficients if {SHIFT, form.mean} <= c.expr.free_symbols]
+        if carry:
+            shift += (f", and the small difference between ${mu}$ and the shift enters {_words(carry)} in float64")
+        shift += ". The value of the shift changes nothing in exact arithmetic: the check below holds for any value."
+    else:
+        shift = ("There is no shift here: no mean of $x$ is among the statistics the backward reads, so the loop "
+                 "reads $x$ itself.")
+    how = "expands to 0" if form.stages == ("expand",) else "simplifies to 0"
+    coordinate = (" (with " + _words([f"${_assign(c, e)}$" for c, e in d.coordinates]) + " written out)"
+                  if d.coordinates else "")
+    check = ("SymPy substitutes these coefficients" + temps + " into the line above"
+             + (" and $x - \\mathrm{shift}$ for `xs`" if form.shifted else "")
+             + ", and compares the result with the compact $\\mathrm{d}x$ of section 4" + coordinate
+             + f": the difference {how}" + (", with the shift left a free symbol" if form.shifted else "")
+             + ". This is checked each time the document is built, and the build fails if it does not hold; "
+             "it also checks that the kernel above prints exactly these coefficients and this line.")
+    return dict(intro=w.prose(intro), formula=formula, coefficients=items, hoisted=w.prose(" ".join(hoisted)),
+                shift_title=w.text("Why a shift." if form.shifted else "No shift."), shift=w.prose(shift),
+                check=w.prose(check),
+                staged=w.prose(f"To set the optimized kernel beside the staged backward of section 3, the module also "
+                               f"has `{staged}`: the same gradients, one adjoint per forward node as in section 3, "
+                               "in float64; slower, for teaching and checking.") if staged else None)
 
 
 # --- the catalogue: docs/ --------------------------------------------------------------------------------------------

@@ -289,3 +289,11 @@ def kernel_excerpt(text: str, entry: str = BACKWARD) -> tuple[list[str], str]:
         start = min([d.lineno for d in f.decorator_list] + [f.lineno])
         parts.append("\n".join(lines[start - 1: f.end_lineno]))
     return [f.name for f in jitted], "\n\n\n".join(parts)
+
+
+def signature(text: str, name: str) -> str | None:
+    """How the module defines the top-level function *name*: 'name(arguments)', or None where it has none."""
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return f"{name}({ast.unparse(node.args)})"
+    return None

@@ -38,11 +38,12 @@ def tex_lines(lhs: str, e: sympy.Expr, op: str = "=") -> list[str]:
     return lines
 
 
-def tex(e: sympy.Expr) -> str:
+def tex(e: sympy.Expr, spelled: dict | None = None) -> str:
     """LaTeX for documents: printers.latex's symbol names, with a visible product. Names here are words (istd,
-    dscaled), and side by side they would read as one: d istd times istd squared must not look like distdistd^2."""
+    dscaled), and side by side they would read as one: d istd times istd squared must not look like distdistd^2.
+    *spelled*: LaTeX for some symbols instead of their names (the kernel's xs as (x - shift))."""
     names = {s: "{" + latex_name(s.name) + "}" for s in e.free_symbols if isinstance(s, sympy.Symbol)}
-    return sympy.latex(e, symbol_names=names, mul_symbol="dot")
+    return sympy.latex(e, symbol_names=names | (spelled or {}), mul_symbol="dot")
 
 
 _PROSE = re.compile(r"(\$[^$]+\$|`[^`]+`)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import sympy
 
 from symbn.codegen.elementwise import XS, Elementwise, used
@@ -62,6 +64,7 @@ class _NumbaPass:
         self.stat_defs: list[tuple[sympy.Symbol, sympy.Expr]] = []  # once per statistic
         exprs = [self.ew.output(e.xreplace(self.ew.coordinates), shifted, self.coefficient) for e in exprs]
         shared, finals = self.ew.lowered(exprs, self.coefficient, shifted)
+        self.shared, self.finals = shared, finals  # what the loads and codes print
         used = self.ew.used(list(finals) + [v for _, v in shared])
         head = [f"xv = {sc.arrays[0]}[{sc.elem}]"] if X in used else []
         head += [f"dyv = {sc.arrays[1]}[{sc.elem}]"] if DY in used else []
@@ -113,6 +116,38 @@ class _NumbaPass:
         return k
 
 
+class DxLoop(NamedTuple):
+    """The training backward's loops over elements as the kernel runs them."""
+
+    scalar: _Scalar  # the scalar printer of the kernel's loop nest
+    passes: list[_NumbaPass]  # the pass over the sums of monomials (where the sums split), then the dx pass
+    exprs: list[sympy.Expr]  # what the dx pass computes: dx, and the parameter-gradient summands beside it
+    shifted: bool  # whether x is shifted by its mean (xs = x - shift)
+
+
+def dx_loop(lw: Lowering) -> DxLoop:
+    """The passes of the training backward (statistic loops share the parameter arrays between them; column loops
+    pass every coefficient in as an array) and the printer they use. The derivation documents read them too."""
+    p = lw.plan
+    shifted = lw.mean is not None and lw.mean in p.saved
+    if lw.columns:
+        col = lw.columns
+        sc = _Scalar(p, "o, r, c", "c" if col.param_over_c else "0", stat="o, c", arrays=("x3", "dy3"))
+        from_sums = bool(p.param_sums) and not lw.rest
+        exprs = [p.dx] + ([] if from_sums else [e for _, e in p.param_sums])
+        column, array, params = True, "x3", None
+    else:
+        n = len(p.blocks)
+        sc = _Scalar(p, ", ".join(f"i{i}" for i in range(n)), _flat([i for i in range(n) if p.blocks[i].param]))
+        exprs = [p.dx] + ([] if lw.param_per_stat else [e for _, e in p.param_sums])
+        column, array, params = False, "xb", {}
+    passes = []
+    if lw.numba_split:
+        passes.append(_NumbaPass(p, sc, [m for _, m in lw.split.monomials], shifted, column, array, "ks", params))
+    passes.append(_NumbaPass(p, sc, exprs, shifted, column, array, "k", params))
+    return DxLoop(sc, passes, exprs, shifted)
+
+
 def statements(lw: Lowering) -> dict:
     """The Numba template's context: column loops where the plan chose them, else loops over statistics."""
     if lw.columns:
@@ -125,28 +160,26 @@ def statements(lw: Lowering) -> dict:
     reduced = [i for i in all_ if blocks[i].reduced]
     param = [i for i in all_ if blocks[i].param]
     elem = ", ".join(f"i{i}" for i in all_)
-    sc = _Scalar(p, elem, _flat(param))
+    loop = dx_loop(lw)
+    sc = loop.scalar
     first_elem = ", ".join("0" if blocks[i].reduced else f"i{i}" for i in all_)
 
     def elementwise(exprs, given, prefix="k", params=None):
         shifted = lw.mean is not None and lw.mean in given
         return _NumbaPass(p, sc, list(exprs), shifted, False, "xb", prefix, params).context()
 
-    params: dict = {}  # the backward kernel's parameter arrays, shared by its two loops
     split = None
     if lw.numba_split:
         # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per statistic in float64
-        monomials = lw.split.monomials
-        split = dict(names=[q.name for q, _ in monomials],
+        split = dict(names=[q.name for q, _ in lw.split.monomials],
                      totals=[(s.name, sc.code(t)) for (s, _), t in zip(p.sums, lw.split.totals)],
-                     param_from=[s.name for _, s in lw.taken],
-                     **elementwise([m for _, m in monomials], p.saved, "ks", params))
+                     param_from=[s.name for _, s in lw.taken], **loop.passes[0].context())
         sum_loads, sum_codes = [], []
     else:
         # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared.
         first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if lw.param_per_stat else [])
         sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
-    dx = elementwise([p.dx] + ([] if lw.param_per_stat else [e for _, e in p.param_sums]), p.saved, "k", params)
+    dx = loop.passes[-1].context()
     if split:  # one statistic's body runs both loops: what the sums' loop set up (shift, gamma) is not set up again
         dx["stat_lines"] = [line for line in dx["stat_lines"] if line not in split["stat_lines"]]
     eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
@@ -203,7 +236,8 @@ def _column_statements(lw: Lowering) -> dict:
     """Column loops over the (O, R, C) view (symbn.codegen.lowering.Columns): over rows, with one accumulator per
     column."""
     p, col = lw.plan, lw.columns
-    sc = _Scalar(p, "o, r, c", "c" if col.param_over_c else "0", stat="o, c", arrays=("x3", "dy3"))
+    loop = dx_loop(lw)
+    sc = loop.scalar
 
     def kernel(exprs):
         loads, codes = sc.with_cse(list(exprs))
@@ -212,8 +246,8 @@ def _column_statements(lw: Lowering) -> dict:
     def elementwise(exprs, given, prefix="k"):
         """Elementwise work in the input's dtype: an output and the summands of the sums beside it (parameter
         gradients, added up in float64 per column), or the monomials of the backward's sums."""
-        out = _NumbaPass(p, sc, list(exprs), lw.mean is not None and lw.mean in given, True, "x3", prefix)
-        return dict(stats=out.arrays, loads=out.loads, codes=out.codes, wrapper=out.wrapper)
+        return _column_part(_NumbaPass(p, sc, list(exprs), lw.mean is not None and lw.mean in given, True, "x3",
+                                       prefix))
 
     steps = []
     for s in p.train_steps:
@@ -226,12 +260,12 @@ def _column_statements(lw: Lowering) -> dict:
     param_from_sums = [s.name for _, s in lw.taken] if p.param_sums and not lw.rest else None
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
     if lw.numba_split:  # the sums from sums of monomials in the input's dtype (dy, dy*xs), combined per column
-        sums = elementwise([m for _, m in lw.split.monomials], p.saved, "ks") | dict(
+        sums = _column_part(loop.passes[0]) | dict(
             names=[q.name for q, _ in lw.split.monomials],
             totals=[(s.name, numpy_code(t, {})) for (s, _), t in zip(p.sums, lw.split.totals)])
     else:
         sums = kernel([e for _, e in p.sums]) | dict(names=[s.name for s, _ in p.sums], totals=[]) if p.sums else None
-    dx = elementwise([p.dx] + ([] if param_from_sums is not None else [e for _, e in p.param_sums]), p.saved)
+    dx = _column_part(loop.passes[-1])
     if sums:  # what the sums' wrapper computed (the shift) is not computed again
         dx["wrapper"] = [w for w in dx["wrapper"] if w not in sums["wrapper"]]
     moments = _moments(lw, lambda e: numpy_code(e, {}))
@@ -255,6 +289,10 @@ def _column_statements(lw: Lowering) -> dict:
         train_steps=steps, moments=moments, y=y, y_eval=y_eval, sums=sums, dx=dx, param_from_sums=param_from_sums,
         eval_dx=eval_dx,
     )
+
+
+def _column_part(ps: _NumbaPass) -> dict:
+    return dict(stats=ps.arrays, loads=ps.loads, codes=ps.codes, wrapper=ps.wrapper)
 
 
 def _flat(indices: list[int]) -> str:
