@@ -362,8 +362,17 @@ class _Norm(Layer):
 
     def _forward_train(self, xv: np.ndarray, params: tuple) -> tuple[np.ndarray, list]:
         """y and the statistics backward needs, from the input's own statistics (updating running ones, if any)."""
-        y, *saved = self.kernels.forward_train(xv, *params, eps=self.eps)
+        y, *saved = self._train(xv, params)
         return y, saved
+
+    def _train(self, xv: np.ndarray, params: tuple, running: tuple = (), momentum: float | None = None) -> tuple:
+        """The training forward kernel: (y, *saved), running statistics updated in place with *momentum*."""
+        options = {} if momentum is None else {"momentum": momentum}
+        return self.kernels.forward_train(xv, *params, *running, eps=self.eps, **options)
+
+    def _train_backward(self, dy: np.ndarray, xv: np.ndarray, gamma: np.ndarray, saved: list) -> tuple:
+        """The training backward kernel: (dx, *parameter gradients)."""
+        return self.kernels.backward(dy, xv, gamma, *saved, eps=self.eps)
 
     # --- forward and backward ------------------------------------------------------------------------------------
     def _params(self) -> tuple[np.ndarray, ...]:
@@ -412,7 +421,7 @@ class _Norm(Layer):
         dy = self._view(dy.astype(xv.dtype, copy=False))
         gamma = self._params()[0]
         if saved is not None:
-            dx, *dparams = self.kernels.backward(dy, xv, gamma, *saved, eps=self.eps)
+            dx, *dparams = self._train_backward(dy, xv, gamma, saved)
         else:
             dx, *dparams = self.eval_kernels.backward_eval(dy, xv, gamma, *running, eps=self.eps)
         for name, d in zip(("gamma", "beta"), dparams):
@@ -556,7 +565,7 @@ class BatchNorm(_Running):
             # The first batch weighs 1, a momentum the kernels refuse (they take 0 < m < 1): half of it on zeroed
             # copies, doubled, gives the same bits, since halving and doubling are exact in binary floating point.
             running, momentum = tuple(np.zeros_like(r) for r in running), 0.5
-        y, *saved = self.kernels.forward_train(xv, *params, *running, momentum=momentum, eps=self.eps)
+        y, *saved = self._train(xv, params, running, momentum)
         if first:
             for mine, half in zip(self._running(), running):
                 mine[...] = 2 * half

@@ -16,7 +16,7 @@ import sympy
 
 from symbn.codegen.elementwise import Elementwise
 from symbn.codegen.plan import Plan
-from symbn.codegen.reductions import Moments, Split, gradient_sums, moments, split_sums
+from symbn.codegen.reductions import Moments, Shares, Split, gradient_sums, moments, shares, split_sums
 
 # Column kernels keep one float64 accumulator per column and sum: while those fit in L1 (NHWC, C = 64) a chunk walks
 # its rows one at a time with the accumulators in arrays of its own; beyond (batch NC, C = 4096) rows go in fours.
@@ -50,6 +50,7 @@ class Lowering:
     param_per_stat: bool  # Numba statistic loops: parameter gradients summed in the sums loop, beside the sums
     param_fixed_inner: bool  # Numba statistic loops: the parameter is fixed over the innermost loop (registers)
     param_buffers: bool  # Numba statistic loops: parameter gradients in per-chunk buffers of the input's dtype
+    shares: Shares | None  # split-phase training passes (statistics across processes); None: the spec has none
     column_accumulators_in_l1: int = COLUMN_ACCUMULATORS_IN_L1
 
 
@@ -77,6 +78,7 @@ def lower(p: Plan) -> Lowering:
         param_per_stat=param_per_stat,
         param_fixed_inner=reduced[-1] not in param,
         param_buffers=columns is None and not param_per_stat and bool(p.param_sums) and reduced[-1] in param,
+        shares=shares(p),
     )
 
 

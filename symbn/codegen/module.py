@@ -92,11 +92,33 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
     ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
+    ctx["split"] = _split(lw)
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
     else:
         ctx["nb"] = numba_backend.statements(lw)
     return ctx
+
+
+def _split(lw: Lowering) -> dict | None:
+    """The split-phase training passes (symbn.codegen.reductions.Shares), in float64 NumPy over the block view: the
+    statistics from combined shares, and the backward's sums, dx and parameter gradients."""
+    if lw.shares is None:
+        return None
+    p = lw.plan
+    names = {X: "xb", DY: "dyb"}
+
+    def code(e):
+        return numpy_code(e, names)
+
+    stats = [(s.symbol.name, f"({code(s.expr)}) / ({code(s.denominator)})" if s.reduce else code(s.expr))
+             for s in lw.shares.steps]
+    coordinates = [(c.name, code(e)) for c, e in p.coordinates]
+    backward = coordinates + [(s.name, code(e)) for s, e in p.sums] + [(s.name, code(e)) for s, e in lw.rest]
+    return dict(degree=lw.shares.degree, stats=stats, coordinates=coordinates,
+                sums=[(s.name, code(e)) for s, e in p.sums], rest=[(s.name, code(e)) for s, e in lw.rest],
+                taken=[(g.name, s.name) for g, s in lw.taken], dx=code(p.dx),
+                uses=sorted(reads(backward + [("dx", code(p.dx))])))
 
 
 def _blocks_text(p, names: list[str], keep) -> str:

@@ -104,3 +104,49 @@ def gradient_sums(ew: Elementwise, sums, param_sums) -> list[int | None]:
     summands = [e for _, e in sums]
     fixed = ew.param_class == "stat"
     return [summands.index(e) if fixed and e in summands else None for _, e in param_sums]
+
+
+# the share of one process: the count is symbn.core.symbols.M; the mean and central sums of its values
+MEAN = sympy.Symbol("m1", real=True)
+
+
+def central_sum(k: int) -> sympy.Symbol:
+    """The sum of the k-th powers of x minus the mean of its set (k >= 2)."""
+    return sympy.Symbol(f"c{k}", real=True)
+
+
+@dataclass(frozen=True)
+class Shares:
+    """Statistics across processes: each process's share of a set is its count, mean and central sums c2 ..
+    c<degree>, which combine exactly (Chan et al.; Pebay) into those of the whole set, and every statistic of the
+    forward follows from them. The backward's sums are plain sums, added up as they are."""
+
+    degree: int
+    steps: tuple[StatStep, ...]  # the forward's steps, each reduction's summand replaced by its total in the shares
+
+
+def shares(p: Plan) -> Shares | None:
+    """The forward's statistics from the combined shares, where every statistic spans the batch axis (axis 0, which a
+    data-parallel run splits across processes) and each reduction sums a polynomial in x; else None."""
+    if 0 not in p.spec.reduce_axes:
+        return None
+    polys = []
+    for step in p.train_steps:
+        if step.reduce:
+            try:
+                polys.append(sympy.Poly(sympy.expand(step.expr.xreplace({X: XS + MEAN})), XS))
+            except sympy.PolynomialError:
+                return None
+    degree = max(2, max(poly.degree() for poly in polys))
+    totals = iter(polys)
+    steps = []
+    for step in p.train_steps:
+        if step.reduce:
+            terms = next(totals).terms()
+            # sum((x - m1)**k) over the set: M for k = 0, zero for k = 1 (m1 is its mean), c_k beyond
+            total = sum((sympy.factor(c) * (M if k == 0 else central_sum(k)) for (k,), c in terms if k != 1),
+                        sympy.Integer(0))
+            steps.append(StatStep(step.symbol, total, True, step.denominator))
+        else:
+            steps.append(step)
+    return Shares(degree, tuple(steps))

@@ -1,0 +1,137 @@
+"""Split-phase training passes (statistics across processes), in one process: the shares of uneven parts of a batch,
+joined, give what the one-pass kernels give on the whole batch."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import symbn
+from helpers import BACKENDS, rel_err
+
+SPECS = {
+    "batch_nc": symbn.preset("batch", "NC"),
+    "batch_nchw": symbn.preset("batch", "NCHW"),
+    "batch_nhwc": symbn.preset("batch", "NHWC"),
+    "batch_nc_ddof1_keras": symbn.preset("batch", "NC", ddof=1, running="keras"),
+    "rms_axes02": symbn.custom("gamma*x/sqrt(mean(x**2) + eps)", ndim=3, axes=(0, 2), param_axes=(1,)),
+    # central sums up to the fourth: the kurtosis-like scale exercises the higher pairwise formulas
+    "fourth": symbn.custom("gamma*(x - mean(x))/sqrt(sqrt(mean((x - mean(x))**4)) + eps) + beta", ndim=2, axes=(0,),
+                           param_axes=(1,)),
+    "third": symbn.custom("gamma*(x - mean(x))/(mean((x - mean(x))**2) + abs(mean((x - mean(x))**3)) + eps) + beta",
+                          ndim=2, axes=(0,), param_axes=(1,)),
+}
+TAIL = {2: (5,), 3: (4, 3), 4: (3, 4, 2)}
+PARTS = (0, 1, 4, 3)  # rows per process: one with none, one with a single row
+
+
+@functools.cache
+def module(name, backend):
+    return symbn.load(SPECS[name], backend)
+
+
+def batch(m, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    shape = (sum(PARTS),) + TAIL[m.NDIM]
+    x = rng.normal(40.0, 2.0, shape).astype(dtype)  # a large mean: plain power sums would cancel digits
+    pshape = tuple(shape[a] for a in m.PARAM_AXES)
+    params = [rng.normal(1.0, 0.2, pshape) for _ in ("gamma", "beta")[:len(m.PARAM_AXES) and 2]]
+    return x, rng.normal(size=shape).astype(dtype), params
+
+
+def parts(a):
+    edges = np.cumsum((0,) + PARTS)
+    return [a[s:e] for s, e in zip(edges[:-1], edges[1:])]
+
+
+def takes_beta(m):
+    return "beta" in m.forward_train.__code__.co_varnames[:m.forward_train.__code__.co_argcount]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", SPECS)
+def test_shares_give_the_whole_batch(name, backend):
+    m = module(name, backend)
+    x, dy, (gamma, beta) = batch(m)
+    params = (gamma, beta) if takes_beta(m) else (gamma,)
+    running = [np.full(m._stat_shape(m._sizes(x)), 0.5 + i) for i in range(len(m.RUNNING))]
+    whole_running = [r.copy() for r in running]
+    y, *saved = m.forward_train(x, *params, *whole_running, momentum=0.25)
+    rng = np.random.default_rng(1)
+    shares = [m.partial_forward(p) for p in parts(x)]
+    order = rng.permutation(len(shares))
+    total = functools.reduce(m.combine, [shares[i] for i in order])
+    outs = [m.finish_forward(p, *params, total, *(running if i == 0 else [None] * len(running)), momentum=0.25)
+            for i, p in enumerate(parts(x))]
+    assert rel_err(np.concatenate([o[0] for o in outs]), y) < 1e-12
+    for got, want in zip(outs[2][1:], saved):
+        assert rel_err(got, want) < 1e-12
+    for got, want in zip(running, whole_running):
+        assert rel_err(got, want) < 1e-12
+    grads = m.backward(dy, x, gamma, *saved)
+    back = functools.reduce(m.add_shares, [m.partial_backward(d, p, gamma, *saved) for d, p in zip(parts(dy), parts(x))])
+    finished = [m.finish_backward(d, p, gamma, *saved, back) for d, p in zip(parts(dy), parts(x))]
+    assert rel_err(np.concatenate([f[0] for f in finished]), grads[0]) < 1e-11
+    for f in finished:
+        for got, want in zip(f[1:], grads[1:]):
+            assert rel_err(got, want) < 1e-11
+
+
+@pytest.mark.parametrize("name", ["batch_nchw", "fourth"])
+def test_combine_is_commutative_bit_for_bit_and_associative(name):
+    m = module(name, "numpy")
+    x, _, _ = batch(m, seed=3)
+    a, b, c = (m.partial_forward(p) for p in parts(x)[1:])
+    assert m.combine(a, b).tobytes() == m.combine(b, a).tobytes()
+    left, right = m.combine(m.combine(a, b), c), m.combine(a, m.combine(b, c))
+    assert rel_err(left, right) < 1e-13
+    assert rel_err(left, m.partial_forward(np.concatenate(parts(x)[1:]))) < 1e-12
+    empty = m.partial_forward(parts(x)[0])
+    assert empty[0] == 0 and not empty.any()
+    assert m.combine(empty, a).tobytes() == a.tobytes()
+
+
+def test_float32_rows_give_float32_outputs_close_to_the_one_pass_kernel():
+    m = module("batch_nchw", "numba")
+    x, dy, (gamma, beta) = batch(m, dtype=np.float32)
+    y, mu, istd = m.forward_train(x, gamma, beta)
+    total = functools.reduce(m.combine, [m.partial_forward(p) for p in parts(x)])
+    ys = [m.finish_forward(p, gamma, beta, total)[0] for p in parts(x)]
+    assert all(part.dtype == np.float32 for part in ys)
+    assert rel_err(np.concatenate(ys), y) < 1e-5
+
+
+def test_only_specs_whose_statistics_span_the_batch_axis_split():
+    assert hasattr(module("batch_nc", "numpy"), "partial_forward")
+    assert not hasattr(symbn.load(symbn.preset("layer", "NC"), "numpy"), "partial_forward")
+    # mean absolute deviation: its second reduction needs the mean of all rows first (not a polynomial in x)
+    mad = symbn.custom("gamma*(x - mean(x))/(mean(abs(x - mean(x))) + eps) + beta", ndim=2, axes=(0,), param_axes=(1,))
+    assert not hasattr(symbn.load(mad, "numpy"), "partial_forward")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_shares_are_refused_by_name_and_change_nothing(backend):
+    m = module("batch_nc", backend)
+    x, dy, (gamma, beta) = batch(m)
+    share = m.partial_forward(x)
+    running = [np.zeros(5), np.ones(5)]
+    before = [r.copy() for r in running]
+    with pytest.raises(ValueError, match=r"share: expected a share of shape \(11,\)"):
+        m.finish_forward(x, gamma, beta, share[:-1], *running)
+    bad = share.copy()
+    bad[0] = -1
+    with pytest.raises(ValueError, match="share: expected a whole count >= 0"):
+        m.finish_forward(x, gamma, beta, bad, *running)
+    with pytest.raises(ValueError, match="share: expected a count of all processes' rows per statistic >= 2"):
+        m.finish_forward(x[:1], gamma, beta, m.partial_forward(x[:1]), *running)
+    with pytest.raises(ValueError, match="combine: expected two shares of one shape"):
+        m.combine(share, share[:-1])
+    with pytest.raises(ValueError, match=r"x: expected rows of a non-empty shape"):
+        m.partial_forward(np.zeros((3, 0)))
+    for r, b in zip(running, before):
+        np.testing.assert_array_equal(r, b)
+    y, mu, istd = m.forward_train(x, gamma, beta)
+    with pytest.raises(ValueError, match="share: expected a share of shape"):
+        m.finish_backward(dy, x, gamma, mu, istd, m.partial_backward(dy, x, gamma, mu, istd)[:-1])
