@@ -8,6 +8,9 @@ backward, the count and the backward's sums (MPI.SUM). Parameter gradients come 
 process with no rows takes part; a global count of one value per channel is refused on every process alike, so no
 process waits for another that has given up.
 
+    model = nn.mlp([20, 64, 32, 1], nn.ReLU, norm=SyncBatchNorm.keras, out_activation=nn.Sigmoid, rng=0)
+    loss = train_step(model, optimizer, nn.binary_cross_entropy, my_rows, my_targets)   # in each process
+
     mpiexec -n 4 python train.py
 
 Needs mpi4py and an MPI library (`pip install "symbn[mpi]"` brings mpi4py and the MPICH wheel, with mpiexec).
@@ -20,7 +23,7 @@ import types
 
 import numpy as np
 
-from symbn.layers import BatchNorm
+from symbn.layers import BatchNorm, Layer
 
 
 def mpi():
@@ -87,3 +90,37 @@ class SyncBatchNorm(BatchNorm):
 
     def __repr__(self) -> str:
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} processes"
+
+
+def _local_layers(model: Layer):
+    """The layers of *model* whose gradients each process computes from its own rows (all but SyncBatchNorm)."""
+    for layer in getattr(model, "layers", [model]):
+        if hasattr(layer, "layers"):
+            yield from _local_layers(layer)
+        elif not isinstance(layer, SyncBatchNorm):
+            yield layer
+
+
+def train_step(model: Layer, optimizer, loss_fn, x, target, comm=None) -> float:
+    """One data-parallel step (as symbn.nn.train_step, in every process on its own rows): the loss, a mean over the
+    rows of all processes, and every gradient are those of the whole batch and the same on every process, so the
+    optimizers stay in step. Gradients of the other layers are added up in one Allreduce; SyncBatchNorm's are global
+    already. A process with no rows takes part."""
+    comm = mpi().COMM_WORLD if comm is None else comm
+    rows = len(x)
+    weight = rows / comm.allreduce(rows)
+    model.train()
+    y = model.forward(x)
+    loss, grad = loss_fn(y, target) if rows else (0.0, np.zeros_like(y))
+    model.backward(grad * weight)  # the loss is a mean over the local rows: this process's share of the global mean
+    grads = [g for layer in _local_layers(model) for g in layer.gradients().values()]
+    if grads:
+        local = np.concatenate([g.ravel() for g in grads]).astype(np.float64)
+        total = np.empty_like(local)
+        comm.Allreduce(local, total, op=mpi().SUM)
+        start = 0
+        for g in grads:
+            g[...] = total[start:start + g.size].reshape(g.shape)
+            start += g.size
+    optimizer.step()
+    return comm.allreduce(loss * weight)

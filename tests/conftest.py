@@ -1,7 +1,7 @@
 """The optional peers' markers (registered in pyproject.toml) and the fixtures several test folders share.
 
-A test that needs torch, matplotlib, scikit-learn or chromium carries the peer's marker: it is skipped, with the
-reason, where the peer is missing (`pip install -e ".[test]" && pytest` on a bare machine), and CI runs the marked
+A test that needs torch, matplotlib, scikit-learn, mlxtend or chromium carries the peer's marker: it is skipped, with
+the reason, where the peer is missing (`pip install -e ".[test]" && pytest` on a bare machine), and CI runs the marked
 tests again once the peers are installed. `@pytest.mark.torch(optional=True)`: the test runs without the peer too and
 checks more with it.
 """

@@ -1,6 +1,6 @@
 """What several test files share: where the repository is, the catalogue modules in generated/, central differences
 and relative errors, the command line's exit code, and whether an optional peer (torch, matplotlib, scikit-learn,
-chromium) is here. Importable as ``helpers`` (pyproject's pytest ``pythonpath`` puts tests/ on sys.path)."""
+chromium, mlxtend) is here. Importable as ``helpers`` (pyproject's pytest ``pythonpath`` puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import functools
 import importlib
 import inspect
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ PEERS = {
     "matplotlib": "pip install matplotlib",
     "sklearn": "pip install scikit-learn",
     "chromium": "apt-get install chromium",
+    "mlxtend": "pip install mlxtend",
+    "mpi": 'pip install mpi4py mpich (or pip install -e ".[mpi]"), for mpiexec',
 }
 
 
@@ -51,7 +54,17 @@ def optional(name: str):
 
 def have(peer: str) -> bool:
     """Whether the optional peer named by its marker is installed."""
-    return chromium() is not None if peer == "chromium" else optional(peer) is not None
+    if peer == "chromium":
+        return chromium() is not None
+    if peer == "mpi":  # mpi4py and an MPI launcher (the mpich wheel brings mpiexec into the environment's bin)
+        return optional("mpi4py") is not None and mpiexec() is not None
+    return optional(peer) is not None
+
+
+def mpiexec() -> str | None:
+    """The mpiexec of this Python's environment (where the mpich wheel puts it), else one on PATH."""
+    here = Path(sys.executable).with_name("mpiexec")
+    return str(here) if here.is_file() else shutil.which("mpiexec")
 
 
 # --- catalogue modules ------------------------------------------------------------------------------------------
