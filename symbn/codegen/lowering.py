@@ -16,7 +16,8 @@ import sympy
 
 from symbn.codegen.elementwise import Elementwise
 from symbn.codegen.plan import Plan
-from symbn.codegen.reductions import Moments, Shares, Split, gradient_sums, moments, shares, split_sums
+from symbn.codegen.reductions import Moments, Split, gradient_sums, moments, split_sums
+from symbn.codegen.shares import Shares, shares
 
 # Column kernels keep one float64 accumulator per column and sum: while those fit in L1 (NHWC, C = 64) a chunk walks
 # its rows one at a time with the accumulators in arrays of its own; beyond (batch NC, C = 4096) rows go in fours.

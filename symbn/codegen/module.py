@@ -115,7 +115,8 @@ def _split(lw: Lowering) -> dict | None:
              for s in lw.shares.steps]
     coordinates = [(c.name, code(e)) for c, e in p.coordinates]
     backward = coordinates + [(s.name, code(e)) for s, e in p.sums] + [(s.name, code(e)) for s, e in lw.rest]
-    return dict(degree=lw.shares.degree, stats=stats, coordinates=coordinates,
+    join = [(s.name, code(e)) for s, e in lw.shares.join]
+    return dict(degree=lw.shares.degree, stats=stats, coordinates=coordinates, join=join,
                 sums=[(s.name, code(e)) for s, e in p.sums], rest=[(s.name, code(e)) for s, e in lw.rest],
                 taken=[(g.name, s.name) for g, s in lw.taken], dx=code(p.dx),
                 uses=sorted(reads(backward + [("dx", code(p.dx))])))

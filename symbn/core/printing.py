@@ -7,6 +7,8 @@ import sympy
 _LATEX = {
     "x": "x", "y": "y", "gamma": r"\gamma", "beta": r"\beta", "eps": r"\epsilon", "mu": r"\mu",
     "xhat": r"\hat{x}", "xc": "x_{c}", "M": "M", "momentum": "m", "u": "u",
+    # two shares joining across processes (symbn.codegen.shares): counts, means, their difference
+    "na": "n_{a}", "nb": "n_{b}", "ma": "m_{a}", "mb": "m_{b}", "delta": r"\delta",
 }
 
 
@@ -24,6 +26,8 @@ def latex_name(name: str) -> str:
         return r"\Sigma_{" + r"\,".join(latex_name(p) for p in name[4:].split("_")) + "}"
     if name.startswith("d") and len(name) > 1 and (name[1:] in _LATEX or name[1:].isidentifier()):
         return r"\mathrm{d}" + latex_name(name[1:])
+    if len(name) > 2 and name[0] == "c" and name[1] in "ab" and name[2:].isdigit():  # a share's central sum
+        return f"c_{{{name[1]},{name[2:]}}}"
     head = name.rstrip("0123456789")
     digits = name[len(head):]
     body = r"\mathrm{" + head + "}" if len(head) > 1 else head

@@ -20,6 +20,8 @@ from symbn import escape
 from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, derive
 from symbn.docgen.formats import WRITERS, Writer, tex_lines
 from symbn.docgen.formats import tex as latex  # documents print products visibly
+from symbn.codegen import shares
+from symbn.codegen.plan import plan
 from symbn.codegen.store import CATALOGUE_DIR
 from symbn.docgen.evidence import BACKWARD, ModuleChecks, ProofOutcome, kernel_excerpt, measure, prove_many, signature
 from symbn.docgen import kernelform
@@ -142,6 +144,7 @@ def _context(d: Derivation, w: Writer, ev: Evidence, link_base: str | None) -> d
         eval_mode=[_display(w, sym, e) for sym, e in d.eval_mode],
         eval_note=w.prose(_eval_note(d)),
         running=_running_section(d, w),
+        across=_across_section(d, w),
         proofs=_proof_rows(ev.proofs, w),
         proofs_ok=all(p.error is None for p in ev.proofs),
         modules=_module_rows(ev.modules, w, link_base),
@@ -294,6 +297,40 @@ def _eval_note(d: Derivation) -> str:
     return ("In eval mode the statistics are constants, taken from the running statistics (" + _words(stats)
             + ", and whatever is computed from them): the paths through the sums vanish and only the direct "
             "path from $x$ to $y$ is left.")
+
+
+def _across_section(d: Derivation, w: Writer) -> dict | None:
+    """Statistics across processes (symbn.codegen.shares): what each process sends per pass, how shares join, the
+    statistics from a joined share, and the exact proof, run here; None where the spec's statistics do not span the
+    batch axis or are not polynomials in x."""
+    p = plan(d)
+    s = shares.shares(p)
+    if s is None:
+        return None
+    sums = [f"$c_{{{k}}}$" for k in range(2, s.degree + 1)]
+    backward = [f"${latex_name(name.name)}$" for name, _ in p.sums]
+    intro = (
+        "In data-parallel training each process holds some rows of the batch, and the statistics, which span the "
+        "batch axis, must be those of all rows. The generated module splits each training pass at its reductions: "
+        "`partial_forward`, `combine` and `finish_forward`, then `partial_backward` and `finish_backward` "
+        "(`symbn.distributed.SyncBatchNorm` runs them on MPI, one Allreduce per pass). Forward, each process sends "
+        f"its count and, per statistic, the mean $m_1$ and the central sums {', '.join(sums)} of its own values: "
+        f"$1 + {s.degree} S$ numbers for $S$ statistics. Backward, its count and the sums "
+        f"{', '.join(backward)}: $1 + {len(p.sums)} S$ numbers. Central sums about each process's own mean join "
+        "exactly, without the cancellation plain sums of powers suffer when the mean is large. Two shares "
+        "$(n_a, m_a, c_{a,k})$ and $(n_b, m_b, c_{b,k})$, with $\delta = m_b - m_a$, join as (Chan, Golub and "
+        "LeVeque for $c_2$, Pebay for higher sums):")
+    known: dict = {}
+    statistics = []
+    for step in s.steps:
+        value = step.expr / step.denominator if step.reduce else step.expr
+        value = sympy.simplify(value.xreplace(known))
+        if step.reduce:
+            known[step.symbol] = value
+            statistics.append(_display(w, step.symbol, value))
+    return dict(intro=w.prose(intro), join=[_display(w, sym, e) for sym, e in s.join],
+                statistics_intro=w.prose("The statistics of all rows from the joined share ($M$ its count):"),
+                statistics=statistics, proof=w.prose(shares.prove(s, p) + "."))
 
 
 def _running_section(d: Derivation, w: Writer) -> list[dict]:

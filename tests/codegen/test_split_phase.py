@@ -135,3 +135,29 @@ def test_bad_shares_are_refused_by_name_and_change_nothing(backend):
     y, mu, istd = m.forward_train(x, gamma, beta)
     with pytest.raises(ValueError, match="share: expected a share of shape"):
         m.finish_backward(dy, x, gamma, mu, istd, m.partial_backward(dy, x, gamma, mu, istd)[:-1])
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_joined_shares_are_proven_exactly(name):
+    from symbn.codegen import shares
+    from symbn.codegen.plan import plan
+
+    p = plan(symbn.derive(SPECS[name]))
+    s = shares.shares(p)
+    assert "equal the share of all 8 values" in shares.prove(s, p)
+
+
+def test_a_wrong_term_in_the_join_is_caught():
+    import dataclasses
+
+    from symbn.codegen import shares
+    from symbn.codegen.plan import plan
+
+    p = plan(symbn.derive(SPECS["fourth"]))
+    s = shares.shares(p)
+    for i in range(len(s.join)):
+        symbol, e = s.join[i]
+        for wrong in (e + shares.DELTA**2 / 7, e.xreplace({shares.COUNTS[0]: shares.COUNTS[0] + 1})):
+            broken = dataclasses.replace(s, join=s.join[:i] + ((symbol, wrong),) + s.join[i + 1:])
+            with pytest.raises(AssertionError, match="differ from the whole set"):
+                shares.prove(broken, p)
