@@ -196,6 +196,39 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_sync(a: argparse.Namespace, fail) -> int:
+    import json
+
+    from symbn.bench import sync
+    from symbn.bench.harness import BenchError
+    from symbn.progress import steps
+
+    try:
+        processes = [int(p) for p in a.processes.split(",") if p.strip()]
+    except ValueError:
+        return fail(f"--processes: expected comma-separated process counts such as 1,2,4; got {a.processes!r}")
+    try:
+        with steps(len(processes), "symbn bench --sync", a.quiet, unit="run") as bar:
+            def progress(what: str) -> None:
+                if bar.count:
+                    bar.advance()
+                bar.show(what)
+
+            result = sync.run(processes, a.repeat, a.smoke, progress)
+            bar.advance()
+    except BenchError as err:
+        return fail(str(err))
+    sys.stdout.write(sync.table(result))
+    if a.json.lower() != "none":
+        from pathlib import Path
+
+        from symbn.codegen.store import write_atomic
+
+        write_atomic(Path(a.json), json.dumps(result, indent=1) + "\n")
+        print(f"wrote {a.json}")
+    return 0
+
+
 def cmd_check(a: argparse.Namespace) -> int:
     from symbn.codegen.check import run
     from symbn.codegen.store import import_path
@@ -254,6 +287,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     def names(text):
         return [t.strip() for t in (text or "").split(",") if t.strip()]
 
+    if a.sync:
+        return _bench_sync(a, fail)
     plot = None if a.plot.lower() == "none" else Path(a.plot)
     if plot is not None:
         try:

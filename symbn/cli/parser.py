@@ -147,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
         "writes the result as JSON and, with matplotlib, a chart. Takes minutes; --smoke takes seconds.",
         "  symbn bench --smoke --json none --plot none   # proves the harness works\n"
         "  symbn bench --cases batch_nchw,rms --dtypes float32 --repeat 20\n"
-        "  symbn bench --threads 8 --json out.json --plot out.png")
+        "  symbn bench --threads 8 --json out.json --plot out.png\n"
+        "  symbn bench --sync --processes 1,2,4    # SyncBatchNorm under mpiexec")
     b.add_argument("--cases", help="comma-separated substrings of case names (default: all)")
     b.add_argument("--dtypes", default="float32,float64", help="comma-separated (default float32,float64)")
     b.add_argument("--repeat", type=int, default=10, help="timed runs per kernel after the warm-up (default 10)")
@@ -155,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="tiny sizes and one run: proves the harness works")
     b.add_argument("--json", default="bench.json", help="result file (default bench.json; 'none' for no file)")
     b.add_argument("--plot", default="bench.png", help="chart (default bench.png; 'none' for no chart)")
+    b.add_argument("--sync", action="store_true",
+                   help="instead: time SyncBatchNorm's passes under mpiexec (local compute and communication apart, "
+                        "bytes per pass); needs mpi4py and mpiexec (pip install \"symbn[mpi]\")")
+    b.add_argument("--processes", default="1,2,4", help="with --sync: process counts (default 1,2,4)")
     _quiet(b)
     b.set_defaults(run=cmd_bench)
 

@@ -103,10 +103,10 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
 def _split(lw: Lowering) -> dict | None:
     """The split-phase training passes (symbn.codegen.reductions.Shares), in float64 NumPy over the block view: the
     statistics from combined shares, and the backward's sums, dx and parameter gradients."""
-    if lw.shares is None:
+    if lw.shares is None or lw.plan.blocks[0].param:  # parameters along the batch axis: no spec of ours
         return None
     p = lw.plan
-    names = {X: "xb", DY: "dyb"}
+    names = {X: "xc", DY: "dyc"}  # a chunk of rows, in float64
 
     def code(e):
         return numpy_code(e, names)
