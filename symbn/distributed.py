@@ -68,7 +68,7 @@ class SyncBatchNorm(BatchNorm):
             return a
         return super()._check(x)
 
-    def _too_few(self, xv: np.ndarray) -> bool:
+    def _too_few(self, _xv: np.ndarray) -> bool:
         return False  # the count of all processes' rows decides: finish_forward refuses it on every process alike
 
     def _train(self, xv, params, running=(), momentum=None):

