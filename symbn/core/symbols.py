@@ -17,6 +17,11 @@ M = sympy.Symbol("M", positive=True, integer=True)
 DY = sympy.Symbol("dy", real=True)
 XHAT = sympy.Symbol("xhat", real=True)
 MOMENTUM = sympy.Symbol("momentum", positive=True)
+# The upstream gradients of the second order (symbn.core.second): of dx, dgamma and dbeta, each given per element
+# (gggamma and ggbeta hold one value per parameter, broadcast over the elements that parameter scales).
+GGX = sympy.Symbol("ggx", real=True)
+GGGAMMA = sympy.Symbol("gggamma", real=True)
+GGBETA = sympy.Symbol("ggbeta", real=True)
 
 # Names a graph node may not take (xhat may: the node that computes the normalized value is named so).
 RESERVED = frozenset({"x", "gamma", "beta", "eps", "M", "dy", "momentum"})
