@@ -28,7 +28,8 @@ def input_digest(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> 
     made by an older generator of the same version is not reused)."""
     parts = [spec.digest(), backend, ",".join(dtypes), __version__, sympy_version(),
              template_source("kernels/module.py.j2"), template_source(f"kernels/{backend}.py.j2"),
-             template_source("kernels/split.py.j2"), _generator_source()]
+             template_source("kernels/split.py.j2"),
+             template_source("kernels/double.py.j2"), _generator_source()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 

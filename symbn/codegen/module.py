@@ -14,9 +14,10 @@ from symbn.codegen.plan import plan
 from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.key import BACKENDS, DTYPES, input_digest, module_name
 from symbn.core.derive import DX, derive
+from symbn.core.second import derive_second
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
-from symbn.core.symbols import DY, MOMENTUM, X
+from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, X
 from symbn.templating import render
 from symbn.version import __version__
 
@@ -93,6 +94,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     ctx["split"] = _split(lw)
+    ctx["double"] = _double(p, bool(running))
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
     else:
@@ -120,6 +122,38 @@ def _split(lw: Lowering) -> dict | None:
                 sums=[(s.name, code(e)) for s, e in p.sums], rest=[(s.name, code(e)) for s, e in lw.rest],
                 taken=[(g.name, s.name) for g, s in lw.taken], dx=code(p.dx),
                 uses=sorted(reads(backward + [("dx", code(p.dx))])))
+
+
+def _double(p, running: bool) -> dict:
+    """The second order (symbn.core.second) in float64 NumPy over chunks of rows: per mode, the statistics it reads,
+    its named sums in passes (a sum that reads another waits for the pass after it), and gdy, gx, ggamma."""
+    d = p.derivation
+    chunk = {X: "xc", DY: "dyc", GGX: "ggxc", GAMMA: "gamma_c", GGGAMMA: "gggamma_c", GGBETA: "ggbeta_c"}
+
+    def mode(name: str, given: tuple) -> dict:
+        so = derive_second(d, name)
+        stats = [s for s in given if s in so.statistics]
+        if len(stats) < len(so.statistics):  # the kernels hand on only these statistics
+            raise ValueError(f"{p.spec.name}: the second order reads {so.statistics}, not all among {given}")
+        sums = [s for s, _ in so.reductions]
+        names = chunk | {s: f"{s.name}_c" for s in stats + sums}
+
+        def code(e):
+            return numpy_code(e, names)
+
+        level: dict = {}
+        for s, e in so.reductions:
+            level[s] = 1 + max((level[t] for t in e.args[0].free_symbols if t in level), default=-1)
+        passes = [[(s.name, code(e.args[0])) for s, e in so.reductions if level[s] == k]
+                  for k in range(max(level.values(), default=-1) + 1)]
+        out = {s.name: e for s, e in so.compact}
+        pieces = dict(gdy=code(out["gdy"]), gx=code(out["gx"]),
+                      ggamma=code(out["ggamma"].args[0]) if "ggamma" in out else None)
+        return dict(stats=[s.name for s in stats], sums=[s.name for s in sums], passes=passes,
+                    coordinates=[(c.name, code(e)) for c, e in so.coordinates], **pieces,
+                    uses=sorted(reads(passes, list(pieces.values()), [code(e) for _, e in so.coordinates])))
+
+    return dict(train=mode("train", p.saved), eval=mode("eval", p.eval_stats) if running else None)
 
 
 def _blocks_text(p, names: list[str], keep) -> str:
