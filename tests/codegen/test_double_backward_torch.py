@@ -44,7 +44,9 @@ def forward(spec):
 
 def shape_for(spec, rng):
     layout = LAYOUTS[spec.layout]
-    shape = [int(rng.integers(2, 5)) for _ in range(layout.ndim)]
+    # sizes from 3: with two values per statistic every xhat is +-1 and gx cancels down to the rounding of float32
+    # statistics (a 2e-4 relative difference in gx from PyTorch's float64 result, seen for batch NC)
+    shape = [int(rng.integers(3, 6)) for _ in range(layout.ndim)]
     shape[layout.channel] = 2 * (spec.groups or 1) * int(rng.integers(1, 3))
     return tuple(shape)
 
