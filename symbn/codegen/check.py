@@ -351,4 +351,39 @@ def run(module: types.ModuleType, seed: int = 0) -> list[Result]:
     results.append(taylor_check(module, data))
     if hasattr(module, "_sizes") and hasattr(module, "BLOCKS") and shift_invariant(module, data):
         results.append(sum_check(module, data, np.asarray(grads["x"], dtype=np.float64)))
+    if hasattr(module, "double_backward"):
+        results.append(double_check(module, data, seed))
     return results
+
+
+def double_check(module, data: dict, seed: int = 0) -> Result:
+    """double_backward against the backward it differentiates: the penalty P = sum(ggx*dx) + sum(gggamma*dgamma) +
+    sum(ggbeta*dbeta) of backward (statistics from forward_train) differentiated along a random direction in
+    (dy, x, gamma) by a fourth-order central difference, against the inner product of double_backward's outputs with
+    that direction: relative error <= 1e-7."""
+    rng = np.random.default_rng(seed + 7)
+    names = parameter_names(module)
+    has_gamma = "gamma" in names
+    upstream = {"ggx": rng.normal(size=data["x"].shape)}
+    upstream |= {"gg" + q: rng.normal(size=data[q].shape) for q in names}
+    point = {"dy": data["dy"], "x": data["x"]} | ({"gamma": data["gamma"]} if has_gamma else {})
+    direction = {k: rng.normal(size=v.shape) for k, v in point.items()}
+
+    def penalty(h: float) -> float:
+        at = {k: v + h * direction[k] for k, v in point.items()}
+        params = [at["gamma"] if q == "gamma" else data[q] for q in names]
+        _, *saved = module.forward_train(at["x"], *params)
+        grads = module.backward(at["dy"], at["x"], *([at["gamma"]] if has_gamma else []), *saved)
+        grads = (grads,) if isinstance(grads, np.ndarray) else grads
+        return sum(float(np.sum(u * g)) for u, g in zip([upstream["ggx"]] + [upstream["gg" + q] for q in names], grads))
+
+    h = 1e-3
+    numeric = (-penalty(2 * h) + 8 * penalty(h) - 8 * penalty(-h) + penalty(-2 * h)) / (12 * h)
+    params = [data[q] for q in names]
+    _, *saved = module.forward_train(data["x"], *params)
+    out = module.double_backward(upstream["ggx"], *[upstream["gg" + q] for q in names], data["dy"], data["x"],
+                                 *([data["gamma"]] if has_gamma else []), *saved)
+    exact = sum(float(np.sum(o * direction[k])) for o, k in zip(out, ("dy", "x", "gamma")))
+    value = abs(exact - numeric) / max(abs(numeric), 1e-300)
+    return Result("double backward, along a direction", value, "relative error <= 1e-7",
+                  math.isfinite(value) and value <= FD_LIMIT)
