@@ -88,6 +88,10 @@ class SyncBatchNorm(BatchNorm):
         self.comm.Allreduce(share, total, op=mpi().SUM)
         return self.kernels.finish_backward(dy, xv, gamma, *saved, total, eps=self.eps)
 
+    def _train_double(self, upstream, dy, xv, gamma, saved):
+        raise NotImplementedError("SyncBatchNorm.double_backward: the second order across processes needs its sums "
+                                  "joined like the first order's; not implemented (BatchNorm has it in one process)")
+
     def __repr__(self) -> str:
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} processes"
 

@@ -350,6 +350,7 @@ class _Norm(Layer):
         self.dgamma = np.zeros_like(self.gamma)
         self.dbeta = None if self.beta is None else np.zeros_like(self.beta)
         self._cache = None
+        self._dy = None  # the last backward's upstream gradient, for double_backward
 
     # --- hooks ---------------------------------------------------------------------------------------------------
     def _view(self, x: np.ndarray) -> np.ndarray:
@@ -402,10 +403,12 @@ class _Norm(Layer):
             # saved statistics (mu, istd, ...) go back to the kernel as they came: float64 or x's dtype
             y, saved = self._forward_train(xv, self._params())
             self._cache = (x.shape, xv, saved, None)
+            self._dy = None
         else:
             y = self.eval_kernels.forward_eval(xv, *self._params(), *running, eps=self.eps)
             # the running statistics this forward used, for backward: a later load_state_dict must not change them
             self._cache = (x.shape, xv, None, tuple(np.array(r, copy=True) for r in running))
+            self._dy = None
         return y.reshape(x.shape)
 
     def backward(self, dy: ArrayLike) -> np.ndarray:
@@ -419,6 +422,7 @@ class _Norm(Layer):
         if dy.shape != shape:
             raise ValueError(f"dy: expected the shape of the last forward's input {shape}; got {dy.shape}")
         dy = self._view(dy.astype(xv.dtype, copy=False))
+        self._dy = dy
         gamma = self._params()[0]
         if saved is not None:
             dx, *dparams = self._train_backward(dy, xv, gamma, saved)
@@ -428,6 +432,41 @@ class _Norm(Layer):
             if name in self.trained:
                 setattr(self, "d" + name, d.reshape(self.gamma.shape).astype(self.dtype))
         return dx.reshape(shape)
+
+    def double_backward(self, ggx: ArrayLike, gggamma: ArrayLike | None = None,
+                        ggbeta: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The second order of the last backward: (gdy, gx, ggamma), the gradients with respect to dy, x and gamma of
+        sum(ggx*dx) + sum(gggamma*dgamma) + sum(ggbeta*dbeta), where dx, dgamma, dbeta are what the last backward
+        computed from dy (in eval mode, with the statistics held constant, as that backward had them). ggx has the
+        shape of x, gggamma and ggbeta that of gamma; None is zero. Gradient penalties and Hessian-vector products
+        need it; the kernels' double_backward does the work."""
+        if self._cache is None or getattr(self, "_dy", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.double_backward: call forward and backward first")
+        shape, xv, saved, running = self._cache
+        ggx = as_array("ggx", ggx, "iuf", "real numbers")
+        if ggx.shape != shape:
+            raise ValueError(f"ggx: expected the shape of the last forward's input {shape}; got {ggx.shape}")
+        upstream = [self._view(ggx.astype(xv.dtype, copy=False))]
+        if self.beta is None and ggbeta is not None:
+            raise ValueError(f"ggbeta: expected None: {self!r} has no beta; got {type(ggbeta).__name__}")
+        for name, value in [("gggamma", gggamma)] + ([("ggbeta", ggbeta)] if self.beta is not None else []):
+            if value is not None:
+                value = as_array(name, value, "iuf", "real numbers")
+                if value.shape != self.gamma.shape:
+                    raise ValueError(f"{name}: expected the shape of gamma {self.gamma.shape}; got {value.shape}")
+                value = value.astype(np.float64).reshape(-1)
+            upstream.append(value)
+        gamma = self._params()[0]
+        if saved is not None:
+            gdy, gx, ggamma = self._train_double(upstream, self._dy, xv, gamma, saved)
+        else:
+            gdy, gx, ggamma = self.eval_kernels.double_backward_eval(*upstream, self._dy, xv, gamma, *running,
+                                                                     eps=self.eps)
+        return gdy.reshape(shape), gx.reshape(shape), ggamma.reshape(self.gamma.shape).astype(self.dtype)
+
+    def _train_double(self, upstream: list, dy: np.ndarray, xv: np.ndarray, gamma: np.ndarray, saved: list) -> tuple:
+        """The training double backward kernel."""
+        return self.kernels.double_backward(*upstream, dy, xv, gamma, *saved, eps=self.eps)
 
     def parameters(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in self.trained}
