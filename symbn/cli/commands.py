@@ -60,7 +60,8 @@ def cmd_document(a: argparse.Namespace) -> int:
 
     spec = spec_from_args(a)
     out = Path(a.output) if a.output else None
-    with steps(len(evidence.proof_sizes()) + 1, f"symbn derive --format {a.format}", a.quiet) as bar:
+    # the first-order and second-order proofs at each size, then the kernels' checks
+    with steps(2 * len(evidence.proof_sizes()) + 1, f"symbn derive --format {a.format}", a.quiet) as bar:
         with evidence.session(progress=bar.advance):
             text, ok = docs.single(spec, a.format, out)
     if out is None:
@@ -89,7 +90,7 @@ def cmd_docs(a: argparse.Namespace) -> int:
     from symbn.docgen import evidence
     from symbn.progress import steps
 
-    with steps(len(CATALOG) * (len(evidence.proof_sizes()) + 1), "symbn docs", a.quiet) as bar:
+    with steps(len(CATALOG) * (2 * len(evidence.proof_sizes()) + 1), "symbn docs", a.quiet) as bar:
         def report(what: str) -> None:
             bar.advance(what)
             if bar.done:

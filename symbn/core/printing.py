@@ -20,6 +20,8 @@ def latex_name(name: str) -> str:
     """LaTeX for a symbol name: Greek where the name is Greek, d<name> as an adjoint, upright for words."""
     if name in _LATEX:
         return _LATEX[name]
+    if name.startswith("bar:"):  # an adjoint in the second order's reverse mode
+        return r"\overline{" + latex_name(name[4:]) + "}"
     if name.startswith("running_"):
         return r"\mathrm{running}_{" + latex_name(name[len("running_"):]) + "}"
     if name.startswith("sum_"):

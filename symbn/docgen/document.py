@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sympy
@@ -18,6 +18,7 @@ from symbn.version import __version__
 from symbn.docgen import diagram
 from symbn import escape
 from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, derive
+from symbn.core.second import derive_second
 from symbn.docgen.formats import WRITERS, Writer, tex_lines
 from symbn.docgen.formats import tex as latex  # documents print products visibly
 from symbn.codegen import shares
@@ -45,11 +46,12 @@ MEASURED = {"md": ("<!-- measured -->", "<!-- /measured -->"), "html": ("<!-- me
 class Evidence:
     proofs: list[ProofOutcome]
     modules: list[ModuleChecks]
+    second: list[ProofOutcome] = field(default_factory=list)  # the double backward's proofs
 
 
 def gather(specs: list[Spec], jobs: int | None = None, generated: Path = CATALOGUE_DIR) -> dict[Spec, Evidence]:
-    proofs = prove_many(specs, jobs)
-    return {spec: Evidence(proofs[spec], measure(spec, generated)) for spec in specs}
+    proofs, second = prove_many(specs, jobs), prove_many(specs, jobs, order=2)
+    return {spec: Evidence(proofs[spec], measure(spec, generated), second[spec]) for spec in specs}
 
 
 def document(spec: Spec, fmt: str, evidence: Evidence, link_base: str | None) -> str:
@@ -149,6 +151,7 @@ def _context(d: Derivation, w: Writer, ev: Evidence, link_base: str | None) -> d
         proofs_ok=all(p.error is None for p in ev.proofs),
         modules=_module_rows(ev.modules, w, link_base),
         kernel=_kernel(d, ev.modules, w),
+        second=_second_section(d, w, ev.second),
         intro={k: w.prose(v.replace("{count}", str(len(d.steps)))) for k, v in _INTRO.items()},
     )
 
@@ -344,6 +347,55 @@ def _running_section(d: Derivation, w: Writer) -> list[dict]:
     return out
 
 
+def _second_section(d: Derivation, w: Writer, proofs: list[ProofOutcome]) -> dict:
+    """The double backward (symbn.core.second): the staged steps, the compact result, eval mode, the proofs. Adjoints
+    are written with a bar: the upstream gradients are those of dx, dgamma, dbeta, the results those of dy, x, gamma."""
+    so = derive_second(d)
+    evaluation = derive_second(d, "eval") if d.running else None
+    bar = _bars(so) | (_bars(evaluation) if evaluation else {})
+
+    def show(program):
+        return [_display(w, s.xreplace(bar), e.xreplace(bar)) for s, e in program]
+
+    def name(s):
+        return f"${latex_name(s.xreplace(bar).name)}$"
+
+    firsts = {"ggx": DX, "gggamma": DGAMMA, "ggbeta": DBETA}
+    terms = " + ".join(f"\\sum {latex_name(u.xreplace(bar).name)}\\, {latex_name(firsts[u.name].name)}"
+                       for u in so.upstream)
+    outputs = [s for s, _ in so.compact]
+    intro = (f"The gradient of the gradient, as gradient penalties, Hessian-vector products and meta-learning need: "
+             f"given upstream gradients {', '.join(map(name, so.upstream))} of the backward's outputs, the gradients "
+             f"{', '.join(map(name, outputs))} with respect to "
+             f"{', '.join(f'${latex_name(leaf.name)}$' for leaf in so.leaves)} of $L_2 = {terms}$. symbn runs the same "
+             "reverse mode over the compact backward, as a graph with its own statistics and sums, one step per node, "
+             "and simplifies the result with the same rewrites. The generated modules run it as `double_backward`.")
+    return dict(
+        intro=w.prose(intro),
+        staged=show(so.staged),
+        compact=show(so.coordinates + so.reductions + so.compact),
+        eval=show(evaluation.compact) if evaluation else [],
+        eval_note=w.prose("In eval mode the statistics are constants (the running ones), and the double backward "
+                          "needs no sums over the set:" if evaluation else ""),
+        proof_note=w.prose("Both forms are checked against SymPy's own derivative of $L_2$, the compact backward "
+                           "written out element by element over a small tensor, exactly, as in section 6:"),
+        proofs=_proof_rows(proofs, w),
+        ok=all(p.error is None for p in proofs),
+    )
+
+
+def _bars(so) -> dict:
+    """Display names of the second order's adjoints: the upstream gradients as the adjoints of dx, dgamma, dbeta, each
+    backward node's adjoint g<node> as bar:<node>."""
+    nodes = {n.symbol.name for n in so.nodes} | {leaf.name for leaf in so.leaves}
+    out = {u: sympy.Symbol("bar:" + {"ggx": "dx", "gggamma": "dgamma", "ggbeta": "dbeta"}[u.name], real=True)
+           for u in so.upstream}
+    for s, _ in so.staged + so.compact:
+        if s.name.startswith("g") and s.name[1:] in nodes:
+            out[s] = sympy.Symbol("bar:" + s.name[1:], real=True)
+    return out
+
+
 def _proof_rows(proofs: list[ProofOutcome], w: Writer) -> list[dict]:
     rows = []
     for p in proofs:
@@ -516,7 +568,8 @@ def index(specs: list[Spec], fmt: str) -> str:
 
 
 def passed(evidence: Evidence) -> bool:
-    return all(p.error is None for p in evidence.proofs) and all(r.ok for m in evidence.modules for r in m.results)
+    return (all(p.error is None for p in evidence.proofs + evidence.second)
+            and all(r.ok for m in evidence.modules for r in m.results))
 
 
 def catalog_documents(specs: list[Spec] | None = None, jobs: int | None = None,

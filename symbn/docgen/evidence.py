@@ -56,12 +56,17 @@ def proof_sizes() -> tuple[int, ...]:
     return tuple(inspect.signature(prove_all).parameters["sizes"].default)
 
 
-def _prove_one(spec: Spec, size: int) -> ProofOutcome:
+def _prove_one(spec: Spec, size: int, order: int = 1) -> ProofOutcome:
+    """The brute-force proof of the backward (*order* 1) or of the double backward (*order* 2) at set size *size*."""
     from symbn.core.derive import derive
+    from symbn.core.second import derive_second, prove_second_all
     from symbn.core.verify import ProofError, prove_all
 
     try:
-        (proof,) = prove_all(derive(spec), sizes=(size,))  # the seed prove_all gives this size
+        if order == 2:
+            (proof,) = prove_second_all(derive_second(spec), sizes=(size,))  # seeded as prove_all
+        else:
+            (proof,) = prove_all(derive(spec), sizes=(size,))  # the seed prove_all gives this size
     except ProofError as err:
         return ProofOutcome(size, None, (), str(err))
     return ProofOutcome(size, proof.shape, proof.checked, None, proof.blocks)
@@ -134,13 +139,13 @@ def _proof_sources() -> list[Path]:
     return sorted((here.parents[1] / "core").glob("*.py")) + [here]
 
 
-def proof_key(spec: Spec, size: int) -> str:
+def proof_key(spec: Spec, size: int, order: int = 1) -> str:
     """The entry of one proof: the spec's full digest (every field: expression, axes, groups, options, eps), the set
     size and the seed prove_all gives that size."""
     from symbn.core.verify import prove_all
 
     seed = inspect.signature(prove_all).parameters["seed"].default + size  # as prove_all seeds this size
-    return f"{spec.digest()}/M{size}/seed{seed}"
+    return f"{spec.digest()}/M{size}/seed{seed}" + ("/second" if order == 2 else "")
 
 
 def _read_cache(inputs: str) -> dict:
@@ -179,42 +184,44 @@ def _write_cache(inputs: str, outcomes: dict) -> None:
         pass
 
 
-def prove_many(specs: list[Spec], jobs: int | None = None) -> dict[Spec, list[ProofOutcome]]:
-    """prove_all for every spec, spread over *jobs* processes (default: the CPU count; 1 runs in this process); in a
-    session, reporting each outcome as it arrives and recalling or recording outcomes as the session says."""
+def prove_many(specs: list[Spec], jobs: int | None = None, order: int = 1) -> dict[Spec, list[ProofOutcome]]:
+    """prove_all (*order* 1) or prove_second_all (*order* 2) for every spec, spread over *jobs* processes (default: the
+    CPU count; 1 runs in this process); in a session, reporting each outcome as it arrives and recalling or recording
+    outcomes as the session says."""
     tasks = [(spec, size) for spec in specs for size in proof_sizes()]
+    what = "" if order == 1 else " (second order)"
     done: dict[tuple[Spec, int], ProofOutcome] = {}
     inputs = proof_inputs() if _session.recall or _session.record else ""
     cache = _read_cache(inputs) if inputs else {}
     if _session.recall:
         for spec, size in tasks:
-            outcome = _recalled(cache.get(proof_key(spec, size)), size)
+            outcome = _recalled(cache.get(proof_key(spec, size, order)), size)
             if outcome is not None:
                 done[spec, size] = outcome
                 _session.recalled += 1
-                _report(f"recalled {spec.name}, M={size}")
+                _report(f"recalled {spec.name}, M={size}{what}")
     todo = [t for t in tasks if t not in done]
     _session.proved += len(todo)
     jobs = min(jobs or os.cpu_count() or 1, len(todo))
     if jobs <= 1:
         for spec, size in todo:
-            done[spec, size] = _prove_one(spec, size)
-            _report(f"proved {spec.name}, M={size}")
+            done[spec, size] = _prove_one(spec, size, order)
+            _report(f"proved {spec.name}, M={size}{what}")
     elif todo:
         # spawn, not fork: this process may already run Numba's worker threads.
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_prove_one, spec, size): (spec, size) for spec, size in todo}
+            futures = {pool.submit(_prove_one, spec, size, order): (spec, size) for spec, size in todo}
             for future in concurrent.futures.as_completed(futures):
                 spec, size = futures[future]
                 done[spec, size] = future.result()
-                _report(f"proved {spec.name}, M={size}")
+                _report(f"proved {spec.name}, M={size}{what}")
     # Recorded only when the sources still read as they did before the proofs: an edit made meanwhile (the workers
     # import them when they start) may or may not be what was proved.
     if _session.record and todo and proof_inputs() == inputs:
         for spec, size in todo:
             o = done[spec, size]
             if o.error is None:
-                cache[proof_key(spec, size)] = dict(set_size=size, shape=list(o.shape), checked=list(o.checked),
+                cache[proof_key(spec, size, order)] = dict(set_size=size, shape=list(o.shape), checked=list(o.checked),
                                                     blocks=list(o.blocks) if o.blocks else None)
         _write_cache(inputs, cache)
     out: dict[Spec, list[ProofOutcome]] = {spec: [] for spec in specs}

@@ -110,8 +110,8 @@ def test_a_damaged_cache_is_ignored(cache):
 
 
 def test_a_failed_proof_is_not_recorded(cache, monkeypatch):
-    def failing(spec, size):
-        return evidence.ProofOutcome(size, None, (), "it failed")
+    def failing(spec, size, order=1):
+        return evidence.ProofOutcome(size, None, (), f"order {order} failed")
 
     monkeypatch.setattr(evidence, "_prove_one", failing)
     outcomes, _ = _prove(record=True)
