@@ -69,6 +69,8 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         grads=["dx"] + ["d" + q for q in params],
         grads_tuple="(" + ", ".join(["dx"] + ["d" + q for q in params]) + ("," if not params else "") + ")",
         running_rule=RUNNING[spec.running].rule, tracks_running=spec.tracks_running,
+        momentum_ends="Momentum {} leaves them as they are, {} replaces them by the batch's".format(
+            *((0, 1) if RUNNING[spec.running].momentum_on_batch else (1, 0))),
         # what _eval_stats computes eval mode's statistics from: the running statistics, or where the spec keeps
         # none, the batch's (for the exact path of forward_train alone)
         eval_inputs=", ".join(running if spec.tracks_running else [r.name for r in reductions]),

@@ -274,8 +274,9 @@ def refused(module, fn, args, error, name, *fragments):
 
 BAD_EPS = [(-1.0, ValueError), (0.0, ValueError), (np.nan, ValueError), (np.inf, ValueError), (10 ** 400, ValueError),
            ("1e-5", TypeError), (None, TypeError), (True, TypeError), (1e-5 + 0j, TypeError)]
-BAD_MOMENTUM = [(2.0, ValueError), (-1.0, ValueError), (0.0, ValueError), (1.0, ValueError), (np.nan, ValueError),
-                (None, TypeError), ("0.1", TypeError), (False, TypeError), (np.array([0.1]), TypeError)]
+BAD_MOMENTUM = [(2.0, ValueError), (-1.0, ValueError), (1 + 1e-15, ValueError), (-1e-300, ValueError),
+                (np.nan, ValueError), (np.inf, ValueError), (None, TypeError), ("0.1", TypeError), (False, TypeError),
+                (np.array([0.1]), TypeError)]
 
 
 @pytest.mark.parametrize("value, error", BAD_EPS, ids=repr)
@@ -296,7 +297,7 @@ def test_eps_is_checked_per_call_before_anything_is_written(name, backend, value
 def test_momentum_is_checked_per_call_before_anything_is_written(name, backend, value, error):
     _, module, args = arguments(name, backend)
     bad = {**args, "momentum": value, "out": np.full_like(args["x"], 7.0)}
-    refused(module, "forward_train", bad, error, "momentum", "strictly between 0 and 1")
+    refused(module, "forward_train", bad, error, "momentum", "from 0 to 1")
     stats = {r: args[r] for r in module.RUNNING}
     batch = {f"b{i}": np.ones_like(args[r]) for i, r in enumerate(module.RUNNING)}
     before = snapshot(stats)
@@ -543,6 +544,57 @@ def test_update_running_on_its_own(name, backend):
     for r, s, new in zip(module.RUNNING, batch, running):
         corrected = s * 8 / 7 if r.endswith("var") else s
         np.testing.assert_allclose(new, 0.75 * args[r] + 0.25 * corrected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("convention", ("pytorch", "keras"))
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ("batch_nc", "batch_nchw"))
+def test_momentum_at_either_end_keeps_or_replaces_the_running_statistics(name, backend, convention):
+    """Momentum 0 and 1 are accepted, as PyTorch and Keras accept them: the end that weighs the batch by 0 leaves
+    the running statistics unchanged, the other replaces them by the batch's (the variance unbiased by M/(M - 1) in
+    PyTorch's convention, as computed in Keras'), through update_running and through forward_train."""
+    from symbn import load
+    from symbn.core.spec import RUNNING
+
+    spec = SPECS[name] if convention == "pytorch" else SPECS[name].with_options(running="keras", momentum=None)
+    module = catalogue_module(name, backend) if convention == "pytorch" else load(spec, backend)
+    _, _, args = arguments(name, backend, seed=3)
+    keep, replace = (0.0, 1.0) if RUNNING[convention].momentum_on_batch else (1.0, 0.0)
+    for momentum in (0, 1, 0.0, 1.0, np.float32(1)):
+        mu, var = (args[r].copy() for r in module.RUNNING)
+        y, *saved = module.forward_train(args["x"], args["gamma"], args["beta"], mu, var, momentum=momentum)
+        x = args["x"].reshape(-1, args["x"].shape[1]) if name == "batch_nc" else np.moveaxis(args["x"], 1, -1)
+        x = x.reshape(-1, x.shape[-1])
+        m = x.shape[0]
+        if float(momentum) == keep:
+            np.testing.assert_array_equal(mu, args[module.RUNNING[0]])
+            np.testing.assert_array_equal(var, args[module.RUNNING[1]])
+        else:
+            assert float(momentum) == replace
+            np.testing.assert_allclose(mu, x.mean(axis=0), rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(var, x.var(axis=0, ddof=1 if convention == "pytorch" else 0), rtol=1e-13)
+        # update_running on its own, from the batch statistics
+        mu2, var2 = (args[r].copy() for r in module.RUNNING)
+        batch_mu, batch_var = x.mean(axis=0), x.var(axis=0)
+        module.update_running(mu2, var2, batch_mu, batch_var, m, momentum=momentum)
+        if float(momentum) == keep:
+            np.testing.assert_array_equal(mu2, args[module.RUNNING[0]])
+            np.testing.assert_array_equal(var2, args[module.RUNNING[1]])
+        else:
+            np.testing.assert_array_equal(mu2, batch_mu)
+            np.testing.assert_allclose(var2, batch_var * (m / (m - 1) if convention == "pytorch" else 1), rtol=1e-15)
+
+
+def test_modules_without_running_statistics_take_no_momentum():
+    for name in NAMES:
+        for backend in BACKENDS:
+            _, module, args = arguments(name, backend)
+            if module.RUNNING:
+                continue
+            assert not hasattr(module, "update_running") and not hasattr(module, "MOMENTUM")
+            for fn in ("forward_train", "forward_eval"):
+                with pytest.raises(TypeError, match="momentum"):
+                    call(module, fn, args, momentum=0.1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
