@@ -104,8 +104,8 @@ class Spec:
     Running statistics exist only where the statistics do not vary along it, that is where axis 0 is reduced
     (``tracks_running``: batch norm, or a custom spec reducing axis 0). Elsewhere (layer, group, instance, RMS norm)
     each sample has statistics of its own, running averages of them would depend on the batch, and eval mode
-    normalizes with the input's own statistics as training does: ``running`` must stay "pytorch" (the default) and
-    ``momentum`` None, and ``momentum`` stays None.
+    normalizes with the input's own statistics as training does: there ``running`` must stay "pytorch" (the default)
+    and ``momentum`` None, which is not replaced by a convention's default.
     """
 
     expression: str
@@ -119,8 +119,7 @@ class Spec:
     scale: bool = True
     ddof: int = 0
     running: str = "pytorch"
-    momentum: float | None = None  # None: the convention's default (0.1 for pytorch, 0.99 for keras); stays None
-    # where tracks_running is False
+    momentum: float | None = None  # None: the convention's default (0.1 pytorch, 0.99 keras); None without running
     layout: str | None = None
     preset: str | None = None
     tree: tuple = field(default=None, compare=False, repr=False)
