@@ -194,7 +194,8 @@ def check_eps(value: object, name: str = "eps") -> float:
 
 
 def check_momentum(value: object, name: str = "momentum") -> float:
-    return real(name, value, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+    """A momentum from 0 to 1, both ends included (as PyTorch and Keras take it)."""
+    return real(name, value, "a number from 0 to 1", lambda v: 0 <= v <= 1)
 
 
 def float_dtype(name: str, dtype: DTypeLike) -> np.dtype:
@@ -594,20 +595,11 @@ class BatchNorm(_Running):
     def _forward_train(self, xv, params):
         if not self.track_running_stats:
             return super()._forward_train(xv, params)
-        running, momentum = self._running(), self.momentum
-        first = False
-        if momentum is None:  # the cumulative average: the n-th batch weighs 1/n
+        momentum = self.momentum
+        if momentum is None:  # the cumulative average: the n-th batch weighs 1/n (the first replaces the start)
             n = int(self.num_batches_tracked) + 1
-            first = n == 1
             momentum = 1 / n if RUNNING[self.running].momentum_on_batch else 1 - 1 / n
-        if first:
-            # The first batch weighs 1, a momentum the kernels refuse (they take 0 < m < 1): half of it on zeroed
-            # copies, doubled, gives the same bits, since halving and doubling are exact in binary floating point.
-            running, momentum = tuple(np.zeros_like(r) for r in running), 0.5
-        y, *saved = self._train(xv, params, running, momentum)
-        if first:
-            for mine, half in zip(self._running(), running):
-                mine[...] = 2 * half
+        y, *saved = self._train(xv, params, self._running(), momentum)
         self.num_batches_tracked += 1
         return y, saved
 

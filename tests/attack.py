@@ -454,6 +454,9 @@ def params(mod, d):
 
 
 def running(mod, d):
+    """The running statistics a module takes: none where its statistics are per sample (RUNNING is empty)."""
+    if not mod.RUNNING:
+        return ()
     return (d["rmu"], d["rvar"]) if has_beta(mod) else (d["rvar"],)
 
 
@@ -996,8 +999,15 @@ def build_specs(b: Builder):
         ("preset eps=Fraction(1, 1000)", lambda s: s.preset("batch", "NC", eps=__import__("fractions").Fraction(1, 1000)),
          "either", ["eps"], lambda sp: (float(sp.eps) == 1e-3, sp.name)),
         # momentum
-        ("preset momentum=0", lambda s: s.preset("batch", "NC", momentum=0), R, ["momentum"]),
-        ("preset momentum=1", lambda s: s.preset("batch", "NC", momentum=1), R, ["momentum"]),
+        # 0 and 1 are valid, as in PyTorch and Keras (running statistics kept, or replaced by each batch's)
+        ("preset momentum=0", lambda s: s.preset("batch", "NC", momentum=0), "either", ["momentum"],
+         lambda sp: (sp.momentum == 0.0, sp.name)),
+        ("preset momentum=1", lambda s: s.preset("batch", "NC", momentum=1), "either", ["momentum"],
+         lambda sp: (sp.momentum == 1.0, sp.name)),
+        ("preset layer momentum=0.1 (no running statistics)", lambda s: s.preset("layer", "NC", momentum=0.1), R,
+         ["momentum", "running statistics"]),
+        ("preset layer running='keras' (no running statistics)", lambda s: s.preset("layer", "NC", running="keras"),
+         R, ["running", "running statistics"]),
         ("preset momentum=-0.5", lambda s: s.preset("batch", "NC", momentum=-0.5), R, ["momentum"]),
         ("preset momentum=nan", lambda s: s.preset("batch", "NC", momentum=float("nan")), R, ["momentum"]),
         ("preset momentum='0.1'", lambda s: s.preset("batch", "NC", momentum="0.1"), R, ["momentum"]),
@@ -1107,6 +1117,15 @@ def k_correct(modname, dtype="float64", eval_mode=False):
         kind = kind_of(modname)
         d = data(kind, dtype)
         tol = 1e-10 if dtype == "float64" else 1e-4
+        if eval_mode and not m.RUNNING:  # no running statistics: eval mode is the training computation
+            y = m.forward_eval(d["x"], *params(m, d))
+            ref = ref_forward(kind, d["x"], d["gamma"], d["beta"] if has_beta(m) else None)
+            e1 = relerr(y, ref["y"])
+            _, *saved = m.forward_train(d["x"], *params(m, d))
+            e2 = relerr(m.backward(d["dy"], d["x"], d["gamma"], *saved)[0],
+                        ref_backward(kind, d["dy"], d["x"], d["gamma"])["dx"])
+            ok = e1 <= tol and e2 <= tol and not hasattr(m, "backward_eval")
+            return ("correct" if ok else "wrong"), f"eval (the input's own statistics) y {e1:.0e}, dx {e2:.0e}"
         if eval_mode:
             y = m.forward_eval(d["x"], *params(m, d), *running(m, d))
             ref = ref_eval_forward(kind, d["x"], d["gamma"], d["beta"] if has_beta(m) else None, d["rmu"], d["rvar"])
@@ -1119,7 +1138,7 @@ def k_correct(modname, dtype="float64", eval_mode=False):
             ok = e1 <= tol and e2 <= tol and y.dtype == np.dtype(dtype)
             return ("correct" if ok else "wrong"), f"eval y {e1:.0e}, dx {e2:.0e}"
         rmu, rvar = d["rmu"].copy(), d["rvar"].copy()
-        run_args = (rmu, rvar) if has_beta(m) else (rvar,)
+        run_args = ((rmu, rvar) if has_beta(m) else (rvar,)) if m.RUNNING else ()
         y, *saved = m.forward_train(d["x"], *params(m, d), *run_args)
         ref = ref_forward(kind, d["x"], d["gamma"], d["beta"] if has_beta(m) else None)
         e_y = relerr(y, ref["y"])
@@ -1255,12 +1274,13 @@ def k_percall(modname, fn, name, value, with_out=False):
         kw = {name: value}
         if with_out:
             kw["out"] = out
+        given = ((rm, rv) if has_beta(m) else (rv,)) if m.RUNNING else ()  # none where statistics are per sample
         if fn == "forward_train":
-            args = (d["x"], *params(m, d), *((rm, rv) if has_beta(m) else (rv,)))
+            args = (d["x"], *params(m, d), *given)
         elif fn == "forward_eval":
-            args = (d["x"], *params(m, d), *((rm, rv) if has_beta(m) else (rv,)))
+            args = (d["x"], *params(m, d), *given)
         else:  # backward_eval
-            args = (d["dy"], d["x"], d["gamma"], *((rm, rv) if has_beta(m) else (rv,)))
+            args = (d["dy"], d["x"], d["gamma"], *given)
         arrays = dict(running_mu=rm, running_var=rv, out=out, x=d["x"], gamma=d["gamma"])
         with np.errstate(all="ignore"):
             verdict, result = Refusal((name,), **arrays).run(lambda: getattr(m, fn)(*args, **kw))
@@ -1296,7 +1316,7 @@ def k_update_running(count, momentum=0.1):
             lambda: m.update_running(rm, rv, mu, var, count, momentum))
         if verdict is not None:
             return verdict
-        if np.isfinite(rm).all() and np.isfinite(rv).all() and count > 1 and 0 < momentum < 1:
+        if np.isfinite(rm).all() and np.isfinite(rv).all() and count > 1 and 0 <= momentum <= 1:
             return "correct", "updated"
         return "wrong", f"update_running(count={count}, momentum={momentum}) accepted: running_var {rv[0]!r}"
     return run
@@ -1478,6 +1498,7 @@ def build_kernels(b: Builder):
         b.add(A, f"batch_nc_numpy: backward_eval eps={v!r}", k_percall("batch_nc_numpy", "backward_eval", "eps", v))
         b.add(A, f"batch_nc_numba: forward_train eps={v!r}", k_percall("batch_nc_numba", "forward_train", "eps", v),
               timeout=nb)
+    # RMS norm keeps no running statistics: forward_train takes no momentum at all
     b.add(A, "rms_nc_numpy: forward_train momentum=nan", k_percall("rms_nc_numpy", "forward_train", "momentum",
                                                                    float("nan")))
     # refusals after out was written
@@ -1582,7 +1603,7 @@ def build_kernels(b: Builder):
         return (d["x"], g, d["beta"]), {"out": buf}, dict(gamma=g, out=buf)
     b.add(A, "layer_nc_numpy: out overlaps gamma", k_overlap("layer_nc_numpy", "forward_train", ov_layer))
 
-    for count, mom in [(1, 0.1), (0, 0.1), (-3, 0.1), (16, float("nan")), (16, 0.1)]:
+    for count, mom in [(1, 0.1), (0, 0.1), (-3, 0.1), (16, float("nan")), (16, 0.1), (16, 0.0), (16, 1.0), (16, 1.5)]:
         b.add(A, f"batch_nc_numpy: update_running(count={count}, momentum={mom})", k_update_running(count, mom))
 
     def staged(m_name):

@@ -22,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "generated"
 BACKENDS = ("numpy", "numba")
 SPECS = {spec.name: spec for spec in CATALOG}
-FUNCTIONS = ("forward_train", "forward_eval", "backward", "backward_eval")  # a generated module's entry points
+FUNCTIONS = ("forward_train", "forward_eval", "backward", "backward_eval")  # a batch-norm module's entry points
+
+
+def functions(what) -> tuple[str, ...]:
+    """The entry points of a generated module, or of the modules of a spec: backward_eval only where running
+    statistics are kept (module.RUNNING, spec.tracks_running); elsewhere eval mode is the training computation."""
+    running = bool(what.RUNNING) if hasattr(what, "RUNNING") else what.tracks_running
+    return FUNCTIONS if running else FUNCTIONS[:3]
 
 
 # --- optional peers ---------------------------------------------------------------------------------------------

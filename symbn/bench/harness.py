@@ -82,11 +82,6 @@ def select(patterns: list[str] | None) -> list[Case]:
     return chosen
 
 
-def batch_axis_reduced(spec: Spec) -> bool:
-    """Statistics over the batch need running statistics at inference; per-sample ones are recomputed."""
-    return spec.layout is not None and LAYOUTS[spec.layout].batch in spec.reduce_axes
-
-
 # --- the naive staged baseline --------------------------------------------------------------------------------------
 
 
@@ -203,7 +198,8 @@ def _running_like(names, stat, dtype):
 def naive_calls(spec, data):
     st = Staged(spec)
     params = {p: data[p] for p in ("gamma", "beta") if p in data}
-    running = data["running"] if batch_axis_reduced(spec) else None
+    # statistics over the batch need running statistics at inference; per-sample ones are recomputed
+    running = data["running"] if spec.tracks_running else None
     _, cache = st.forward_train(data["x"], **params)
 
     def fwd_bwd():
@@ -217,24 +213,24 @@ def naive_calls(spec, data):
             "inference": inference}, lambda out: out
 
 
-def module_calls(spec, data, module, reuse=False):
+def module_calls(data, module, reuse=False):
     """The module's functions; with *reuse*, y and dx go to arrays allocated once (out=)."""
     x, dy = data["x"], data["dy"]
     y_out, dx_out = (np.empty_like(x), np.empty_like(x)) if reuse else (None, None)
     params = [data[p] for p in parameter_names(module)]
     gamma = params[:1] if "gamma" in parameter_names(module) else []
-    running = dict(zip(module.RUNNING, data["running"])) if batch_axis_reduced(spec) else {}
+    running = dict(zip(module.RUNNING, data["running"]))  # none where the statistics are per sample
     _, *saved = module.forward_train(x, *params)
 
     def fwd_bwd():
         _, *s = module.forward_train(x, *params, **running, out=y_out)
         return module.backward(dy, x, *gamma, *s, out=dx_out)
 
-    inference = ((lambda: module.forward_eval(x, *params, **running, out=y_out)) if running
-                 else (lambda: module.forward_train(x, *params, out=y_out)[0]))
+    # eval mode: from the running statistics, or where there are none, the training computation itself
     return {"forward": lambda: module.forward_train(x, *params, **running, out=y_out),
             "backward": lambda: module.backward(dy, x, *gamma, *saved, out=dx_out), "forward+backward": fwd_bwd,
-            "inference": inference}, lambda out: out if isinstance(out, np.ndarray) else out[0]
+            "inference": lambda: module.forward_eval(x, *params, **running, out=y_out)}, \
+        lambda out: out if isinstance(out, np.ndarray) else out[0]
 
 
 def torch_calls(spec, data, torch):
@@ -358,9 +354,9 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
     # Each factory runs one training forward (backward needs its saved statistics): that is the first forward call,
     # Numba's compile or cache load included.
     factories = {"naive-numpy": lambda: naive_calls(spec, data),
-                 "symbn-numpy": lambda: module_calls(spec, data, modules["symbn-numpy"]),
-                 "symbn-numba": lambda: module_calls(spec, data, modules["symbn-numba"]),
-                 "symbn-numba-out": lambda: module_calls(spec, data, modules["symbn-numba"], reuse=True),
+                 "symbn-numpy": lambda: module_calls(data, modules["symbn-numpy"]),
+                 "symbn-numba": lambda: module_calls(data, modules["symbn-numba"]),
+                 "symbn-numba-out": lambda: module_calls(data, modules["symbn-numba"], reuse=True),
                  "torch": lambda: torch_calls(spec, data, torch) if torch is not None else None}
     impls, first_forward = {}, {}
     for name, factory in factories.items():

@@ -19,6 +19,9 @@ passes whatever its expression and inputs, and a wrong one fails:
   rounding level, and the check passes saying so.
 - sum(dx) = 0 over each reduction set where the forward is shift-invariant: to 1e-12 of max|dx|, or to the rounding
   level of the backward itself where that is larger (measured, see ``backward_rounding``).
+- eval mode: where the module keeps running statistics (batch norm), backward_eval against central differences of
+  forward_eval with the running statistics held fixed; where it keeps none (layer, group, instance, RMS norm: eval
+  mode is the training computation), forward_eval must be forward_train's y exactly.
 """
 
 from __future__ import annotations
@@ -174,12 +177,14 @@ def _batches(module, data: dict, wrt: str) -> list[tuple[np.ndarray, np.ndarray]
     return [(np.array([i]), alone) for i in range(size)]
 
 
-def finite_differences(module, data: dict, wrt: str, h0: float = 1 / 16) -> tuple[np.ndarray, np.ndarray]:
+def finite_differences(module, data: dict, wrt: str, h0: float = 1 / 16,
+                       forward=forward_y) -> tuple[np.ndarray, np.ndarray]:
     """(dL/d wrt, an error estimate per coordinate) by Ridders' extrapolation of central differences.
 
     The step of each coordinate is relative to its value (h0 * max(1, |value|), rounded up to a power of two), the
     quotient divides by the step actually taken, and the change of L is summed as sum(dy * (y+ - y-)), so L's own
-    summation adds no rounding. Coordinates that no element of y depends on jointly move at once (see _batches)."""
+    summation adds no rounding. Coordinates that no element of y depends on jointly move at once (see _batches).
+    *forward(module, data)*: y as float64 (default: forward_train's)."""
     base = np.asarray(data[wrt], dtype=np.float64)
     flat = base.reshape(-1)
     dy = np.asarray(data["dy"], dtype=np.float64).reshape(-1)
@@ -192,8 +197,8 @@ def finite_differences(module, data: dict, wrt: str, h0: float = 1 / 16) -> tupl
             plus, minus = flat.copy(), flat.copy()
             plus[where] += h * scale
             minus[where] -= h * scale
-            y_plus = forward_y(module, {**data, wrt: plus.reshape(base.shape)}).reshape(-1)
-            y_minus = forward_y(module, {**data, wrt: minus.reshape(base.shape)}).reshape(-1)
+            y_plus = forward(module, {**data, wrt: plus.reshape(base.shape)}).reshape(-1)
+            y_minus = forward(module, {**data, wrt: minus.reshape(base.shape)}).reshape(-1)
             change = np.bincount(owner, dy * (y_plus - y_minus), minlength=where.size)
             # each y to a few ulps: 4 eps |y|
             size = np.bincount(owner, np.abs(dy) * (np.abs(y_plus) + np.abs(y_minus)), minlength=where.size)
@@ -213,20 +218,20 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
-def difference_check(module, data: dict, wrt: str, grad: np.ndarray) -> Result:
+def difference_check(module, data: dict, wrt: str, grad: np.ndarray, forward=forward_y, mode: str = "") -> Result:
     """The kernel's gradient against central differences: relative error <= 1e-7 (2-norms over all coordinates).
 
     The differences come with an error estimate; it is far below 1e-7 |grad| except where the gradient is tiny
     against the loss's rounding (e.g. y nearly constant, as with two elements per set). The gradient may differ from
     the differences by 1e-7 |grad| plus that estimate, so a correct kernel passes there too; where the estimate is
-    above 1e-8 |grad| the limit and a note say so."""
-    numeric, error = finite_differences(module, data, wrt)
+    above 1e-8 |grad| the limit and a note say so. *forward* and *mode* (a prefix of the name, "eval: "): another forward's y."""
+    numeric, error = finite_differences(module, data, wrt, forward=forward)
     ref = float(np.linalg.norm(numeric))
     gap = float(np.linalg.norm(np.asarray(grad, dtype=np.float64) - numeric))
     resolved = float(np.linalg.norm(error))
     value = gap / max(ref, 1e-300)
     ok = math.isfinite(gap) and math.isfinite(resolved) and gap <= FD_LIMIT * ref + resolved
-    name = f"central differences d{wrt}"
+    name = f"{mode}central differences d{wrt}"
     if resolved <= 0.1 * FD_LIMIT * ref:
         return Result(name, value, "relative error <= 1e-7", ok)
     return Result(name, value, f"relative error <= 1e-7 + {resolved / max(ref, 1e-300):.1e} (differences)",
@@ -343,8 +348,42 @@ def sum_check(module, data: dict, dx: np.ndarray) -> Result:
                                           f"M = {size}) exceeds 1e-12 max|dx|")
 
 
+def running_statistics(module, data: dict, seed: int = 4) -> list[np.ndarray]:
+    """Running statistics for eval mode: one positive value per statistic (in 0.5 .. 1.5, a valid variance or mean
+    square), for each of module.RUNNING."""
+    rng = np.random.default_rng(seed)
+    shape = module._stat_shape(module._sizes(data["x"]))
+    return [rng.uniform(0.5, 1.5, size=shape) for _ in module.RUNNING]
+
+
+def eval_checks(module, data: dict) -> list[Result]:
+    """Eval mode. With running statistics: backward_eval against central differences of forward_eval, the running
+    statistics held fixed (relative error <= 1e-7). Without (eval mode is the training computation): forward_eval
+    equals forward_train's y exactly."""
+    names = parameter_names(module)
+    params = [data[p] for p in names]
+    if not getattr(module, "RUNNING", ()):
+        y = np.asarray(module.forward_train(data["x"], *params)[0])
+        y_eval = np.asarray(module.forward_eval(data["x"], *params))
+        gap = float(np.max(np.abs(y_eval - y))) if y.shape == y_eval.shape else math.inf
+        return [Result("eval: forward_eval = training's y", gap, "exactly 0: no running statistics",
+                       y.shape == y_eval.shape and bool(np.array_equal(y, y_eval, equal_nan=True)))]
+    running = running_statistics(module, data)
+
+    def forward_eval(module, d: dict) -> np.ndarray:
+        return np.asarray(module.forward_eval(d["x"], *[d[p] for p in names], *running), dtype=np.float64)
+
+    gamma = [data["gamma"]] if "gamma" in names else []
+    grads = module.backward_eval(data["dy"], data["x"], *gamma, *running)
+    if isinstance(grads, np.ndarray):
+        grads = (grads,)
+    return [difference_check(module, data, wrt, grad, forward=forward_eval, mode="eval: ")
+            for wrt, grad in zip(["x"] + names, grads)]
+
+
 def run(module: types.ModuleType, seed: int = 0) -> list[Result]:
-    """Finite differences (float64, relative error <= 1e-7), the Taylor slope, and sum(dx) = 0 where it holds."""
+    """Finite differences (float64, relative error <= 1e-7), the Taylor slope, sum(dx) = 0 where it holds, and eval
+    mode (see eval_checks)."""
     data = inputs(module, seed=seed)
     _, grads = loss_and_grads(module, data)
     results = [difference_check(module, data, wrt, grad) for wrt, grad in grads.items()]
@@ -353,7 +392,7 @@ def run(module: types.ModuleType, seed: int = 0) -> list[Result]:
         results.append(sum_check(module, data, np.asarray(grads["x"], dtype=np.float64)))
     if hasattr(module, "double_backward"):
         results.append(double_check(module, data, seed))
-    return results
+    return results + eval_checks(module, data)
 
 
 def double_check(module, data: dict, seed: int = 0) -> Result:

@@ -69,7 +69,12 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         params=params, has_gamma="gamma" in params, has_beta="beta" in params,
         grads=["dx"] + ["d" + q for q in params],
         grads_tuple="(" + ", ".join(["dx"] + ["d" + q for q in params]) + ("," if not params else "") + ")",
-        running_rule=RUNNING[spec.running].rule,
+        running_rule=RUNNING[spec.running].rule, tracks_running=spec.tracks_running,
+        momentum_ends="Momentum {} leaves them as they are, {} replaces them by the batch's".format(
+            *((0, 1) if RUNNING[spec.running].momentum_on_batch else (1, 0))),
+        # what _eval_stats computes eval mode's statistics from: the running statistics, or where the spec keeps
+        # none, the batch's (for the exact path of forward_train alone)
+        eval_inputs=", ".join(running if spec.tracks_running else [r.name for r in reductions]),
         saved=[s.name for s in p.saved], saved_tuple=repr(tuple(s.name for s in p.saved)),
         running=running, running_tuple=repr(tuple(running)), running_convention=spec.running,
         batch_stats=[r.name for r in reductions], train_out=[s.name for s in p.train_out],

@@ -42,16 +42,19 @@ class Plan:
     derivation: Derivation
     blocks: tuple[Block, ...]
     train_steps: tuple[StatStep, ...]  # statistics of the batch, in order
-    eval_steps: tuple[StatStep, ...]  # the scalar steps eval mode needs, computed from running statistics
-    eval_stats: tuple[sympy.Symbol, ...]  # statistics the eval-mode kernels read
+    # Eval mode's statistics: computed from the running ones, or, where the spec keeps none, from the batch's (only
+    # the exact path of forward_train then maps batch statistics to y through them)
+    eval_steps: tuple[StatStep, ...]  # the scalar steps eval mode needs, computed from the reductions' values
+    eval_stats: tuple[sympy.Symbol, ...]  # statistics the eval-mode kernels (y from given statistics) read
     y: sympy.Expr  # output element in x, gamma, beta and statistics
     saved: tuple[sympy.Symbol, ...]  # statistics forward_train returns for backward
-    running: tuple[tuple[sympy.Symbol, sympy.Symbol, sympy.Expr], ...]  # (running, batch statistic, update)
+    running: tuple[tuple[sympy.Symbol, sympy.Symbol, sympy.Expr], ...]  # (running, batch statistic, update); ()
+    # where the spec keeps no running statistics
     coordinates: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
     sums: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # named reductions: (name, summand)
     dx: sympy.Expr
     param_sums: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # (dgamma | dbeta, summand of psum)
-    eval_dx: sympy.Expr
+    eval_dx: sympy.Expr | None  # None where the spec keeps no running statistics: no eval backward of its own
     eval_param_sums: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
     uses_eps: bool
     # what the later stages need of the derivation, taken here so that none of them goes back into symbn.core
@@ -109,10 +112,10 @@ def plan(d: Derivation) -> Plan:
     y = base[g.output.symbol]
     sums = tuple((s, e.args[0]) for s, e in d.reductions)
     param_sums = tuple((s, e.args[0]) for s, e in d.compact if s != DX)
-    eval_dx = d.output(d.eval_mode, DX)
+    eval_dx = d.output(d.eval_mode, DX) if d.eval_mode else None
     eval_param_sums = tuple((s, e.args[0]) for s, e in d.eval_mode if s != DX)
     backward = [e for _, e in d.coordinates + sums + param_sums] + [d.dx]
-    evaluation = [e for _, e in d.coordinates + eval_param_sums] + [eval_dx, y]
+    evaluation = [e for _, e in d.coordinates + eval_param_sums] + [e for e in (eval_dx, y) if e is not None]
     needed = _closure(set(stats_in(evaluation)), steps)
     everything = backward + evaluation + [s.expr for s in steps]
     saved = tuple(stats_in(backward))

@@ -83,8 +83,9 @@ class Derivation:
     coordinates: Program  # xhat and the inverse scale, in x and the statistics
     reductions: Program  # named reductions the compact backward needs, e.g. sum_dy = rsum(dy)
     compact: Program  # dx, dgamma, dbeta in terms of the names above
-    eval_mode: Program  # dx, dgamma, dbeta with the statistics held constant (running statistics)
-    running: Program  # running-statistic updates, one per reduction node
+    eval_mode: Program  # dx, dgamma, dbeta with the statistics held constant (running statistics); () where the
+    # spec keeps none (spec.tracks_running False: eval mode is the training computation, its backward the compact one)
+    running: Program  # running-statistic updates, one per reduction node; () where the spec keeps none
     primal: bool  # True when no affine normalized coordinate exists and the compact form stays in x
     stages: tuple[Stage, ...]  # dx after each stage of the simplification, staged to compact
     identities: tuple[tuple[sympy.Expr, sympy.Expr], ...]  # sums the forward's statistics define: sum(x) -> M*mu
@@ -128,16 +129,18 @@ class Derivation:
 
 
 def derive(spec: Spec) -> Derivation:
-    """Derive staged and compact backward, eval-mode backward and running updates for *spec* (cached)."""
+    """Derive staged and compact backward, eval-mode backward and running updates for *spec* (cached); the last two
+    only where the spec keeps running statistics (Spec.tracks_running)."""
     if not isinstance(spec, Spec):
         raise TypeError(f"spec: expected a symbn.Spec (from symbn.preset, symbn.custom or symbn.make); "
                         f"got {type(spec).__name__} {spec!r:.60}")
     return Derivation(spec, **_derive(spec.tree, spec.expression, spec.center, spec.scale, spec.ddof,
-                                      spec.param_varies, spec.running))
+                                      spec.param_varies, spec.running if spec.tracks_running else None))
 
 
 @functools.lru_cache(maxsize=None)
-def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
+def _derive(tree, text, center, scale, ddof, param_varies, running: str | None) -> dict:
+    """*running*: the running-statistics convention, None where the spec keeps none (no eval mode of its own)."""
     g = graphs.build(tree, text=text, center=center, scale=scale, ddof=ddof)
     steps, staged = _reverse(g)
     varying = {X, DY} | ({GAMMA, BETA} if param_varies else set())
@@ -187,13 +190,15 @@ def _derive(tree, text, center, scale, ddof, param_varies, running) -> dict:
     dx, reductions = _name_reductions(sympy.expand(in_coords))
     compact = [(DX, _tidy(dx))]
     stages = _stages(inlined, in_x, pulled, identified, sympy.factor_terms(sympy.expand(in_coords)), compact[0][1])
-    eval_mode = [(DX, _tidy(finish(DY * _diff(base[g.output.symbol], X))))]
+    eval_mode = [(DX, _tidy(finish(DY * _diff(base[g.output.symbol], X))))] if running else []
     for leaf, d in ((GAMMA, DGAMMA), (BETA, DBETA)):
         if leaf in g.leaves:
             compact.append((d, finish(env[d].xreplace(base), reduce_over_set=False)))
-            eval_mode.append((d, finish(psum(DY * _diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
+            if running:
+                eval_mode.append((d, finish(psum(DY * _diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
     return dict(graph=g, steps=steps, staged=staged, coordinates=tuple(coords), reductions=reductions,
-                compact=tuple(compact), eval_mode=tuple(eval_mode), running=_running(g, ddof, running),
+                compact=tuple(compact), eval_mode=tuple(eval_mode),
+                running=_running(g, ddof, running) if running else (),
                 primal=primal, stages=stages, identities=tuple(rules.items()), vanishing=vanishing,
                 coordinate_change=change)
 

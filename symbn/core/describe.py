@@ -41,9 +41,18 @@ def describe_spec(spec: Spec) -> list[str]:
         lines.append(f"params    {which} over axes {spec.param_axes} ({shape})")
     else:
         lines.append("params    none (center and scale off)")
-    momentum = spec.momentum
-    lines.append(f"options   eps={spec.eps:g}, ddof={spec.ddof}, running={spec.running} (momentum {momentum:g})")
+    if spec.tracks_running:
+        running = f"running={spec.running} (momentum {spec.momentum:g})"
+    else:
+        running = "no running statistics"
+    lines.append(f"options   eps={spec.eps:g}, ddof={spec.ddof}, {running}")
     return lines
+
+
+def no_running_text(spec: Spec) -> str:
+    """Why a spec keeps no running statistics, in words."""
+    kind = f"{spec.preset} norm's" if spec.preset else "its"
+    return f"{kind} statistics do not span the batch axis 0"
 
 
 def _switched(spec: Spec) -> str:
@@ -67,10 +76,16 @@ def derivation_text(d: Derivation) -> str:
     out += ["", "compact backward" + (" (in the primal x: no affine normalized coordinate)" if d.primal else "")]
     for s, e in d.coordinates + d.reductions + d.compact:
         out.append(f"  {s} = {text(e)}")
-    out += ["", "eval-mode backward (statistics are constants: the running statistics)"]
-    out += [f"  {s} = {text(e)}" for s, e in d.eval_mode]
-    out += ["", f"running statistics ({spec.running} convention, momentum = {spec.momentum:g})"]
-    out += [f"  {s} <- {text(e)}" for s, e in d.running]
+    if spec.tracks_running:
+        out += ["", "eval-mode backward (statistics are constants: the running statistics)"]
+        out += [f"  {s} = {text(e)}" for s, e in d.eval_mode]
+        out += ["", f"running statistics ({spec.running} convention, momentum = {spec.momentum:g})"]
+        out += [f"  {s} <- {text(e)}" for s, e in d.running]
+    else:
+        out += ["", f"eval mode: the input's own statistics, as in training (no running statistics: "
+                    f"{no_running_text(spec)})",
+                "  each sample has statistics of its own; running averages of them would depend on the batch.",
+                "  The eval backward is the compact backward above."]
     counts = d.op_counts
     out += ["", "operation counts"]
     for phase, c in counts.items():

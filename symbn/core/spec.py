@@ -28,6 +28,8 @@ class Layout:
         return 2 + len(self.spatial)
 
 
+BATCH_AXIS = 0  # the batch axis of every layout, and by convention of custom specs with explicit axes
+
 LAYOUTS = {
     "NC": Layout(0, 1, ()),
     "NCL": Layout(0, 1, (2,)),
@@ -95,7 +97,15 @@ class Spec:
 
     ``groups`` splits ``channel_axis`` (which must be reduced) into that many groups, each reduced separately.
     ``param_axes`` are the axes gamma and beta span. ``center``/``scale`` switch beta/gamma on or off;
-    ``ddof`` divides central moments by M - ddof; ``running`` picks the running-statistics convention.
+    ``ddof`` divides central moments by M - ddof; ``running`` picks the running-statistics convention and
+    ``momentum`` its momentum (None: the convention's default).
+
+    Axis 0 is the batch axis: in every layout of LAYOUTS, and by convention for a custom spec with explicit axes.
+    Running statistics exist only where the statistics do not vary along it, that is where axis 0 is reduced
+    (``tracks_running``: batch norm, or a custom spec reducing axis 0). Elsewhere (layer, group, instance, RMS norm)
+    each sample has statistics of its own, running averages of them would depend on the batch, and eval mode
+    normalizes with the input's own statistics as training does: there ``running`` must stay "pytorch" (the default)
+    and ``momentum`` None, which is not replaced by a convention's default.
     """
 
     expression: str
@@ -109,7 +119,7 @@ class Spec:
     scale: bool = True
     ddof: int = 0
     running: str = "pytorch"
-    momentum: float | None = None  # None: the convention's default (0.1 for pytorch, 0.99 for keras)
+    momentum: float | None = None  # None: the convention's default (0.1 pytorch, 0.99 keras); None without running
     layout: str | None = None
     preset: str | None = None
     tree: tuple = field(default=None, compare=False, repr=False)
@@ -141,9 +151,16 @@ class Spec:
             parts.append(self.running)
         if self.eps != 1e-5:
             parts.append("eps" + _token(self.eps))
-        if self.momentum != RUNNING[self.running].momentum:
+        if self.momentum is not None and self.momentum != RUNNING[self.running].momentum:
             parts.append("momentum" + _token(self.momentum))
         return "_".join(parts)
+
+    @property
+    def tracks_running(self) -> bool:
+        """Whether the spec keeps running statistics: True where the batch axis 0 is reduced, so that the statistics
+        do not vary along it (batch norm); False where every sample has its own (layer, group, instance, RMS norm),
+        whose eval mode is the training computation on the input's own statistics."""
+        return BATCH_AXIS in self.reduce_axes
 
     @property
     def param_varies(self) -> bool:
@@ -252,10 +269,17 @@ def _validate(spec: Spec) -> None:
         raise SpecError("ddof", spec.ddof, "0 (biased, as PyTorch, Keras and cs231n) or 1 (unbiased)")
     if not isinstance(spec.running, str) or spec.running not in RUNNING:
         raise SpecError("running", spec.running, f"one of {sorted(RUNNING)}")
-    if spec.momentum is None:
-        object.__setattr__(spec, "momentum", RUNNING[spec.running].momentum)
-    object.__setattr__(spec, "momentum", _real("momentum", spec.momentum, "a number strictly between 0 and 1",
-                                               lambda v: 0 < v < 1))
+    if spec.tracks_running:
+        if spec.momentum is None:
+            object.__setattr__(spec, "momentum", RUNNING[spec.running].momentum)
+        object.__setattr__(spec, "momentum", _real("momentum", spec.momentum, MOMENTUM_RANGE, lambda v: 0 <= v <= 1))
+    else:
+        why = (f"{_kind(spec)} keeps no running statistics (its statistics do not span the batch axis "
+               f"{BATCH_AXIS})")
+        if spec.running != "pytorch":
+            raise SpecError("running", spec.running, f"'pytorch' (the default): {why}")
+        if spec.momentum is not None:
+            raise SpecError("momentum", spec.momentum, f"None (the default): {why}")
     for flag, leaf in (("center", "beta"), ("scale", "gamma")):
         if not isinstance(getattr(spec, flag), bool):
             raise SpecError(flag, getattr(spec, flag), "True or False")
@@ -288,6 +312,16 @@ def _validate_names(spec: Spec, tree: tuple) -> None:
             raise SpecError("layout", spec.layout, f"None, or the layout whose axes the spec has: {spec.preset} norm "
                             f"over {spec.layout} reduces {reduce_axes} with parameters over {param_axes}; this "
                             f"spec reduces {spec.reduce_axes} with parameters over {spec.param_axes}")
+
+
+MOMENTUM_RANGE = "a number from 0 to 1"
+
+
+def _kind(spec: Spec) -> str:
+    """The spec's normalization in words, for messages (its preset need not be checked yet)."""
+    if isinstance(spec.preset, str) and spec.preset in PRESETS:
+        return f"{spec.preset} norm"
+    return "this normalization"
 
 
 def _is_int(value) -> bool:

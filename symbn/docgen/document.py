@@ -170,7 +170,9 @@ _INTRO = {
               "difference must be exactly zero."),
     "fd": ("`symbn.codegen.check.run` with seed 0 in float64: central differences of $L = \\sum \\mathrm{d}y \\cdot y$ for every "
            "gradient (relative error), the Taylor test (the remainder after the gradient term must shrink like "
-           "$h^2$: slope 2), and $\\sum \\mathrm{d}x = 0$ over each set where the forward is shift-invariant. The measured "
+           "$h^2$: slope 2), $\\sum \\mathrm{d}x = 0$ over each set where the forward is shift-invariant, and eval mode: "
+           "central differences of `forward_eval` with the running statistics held fixed for `backward_eval`, or, "
+           "where there are no running statistics, `forward_eval` equal to `forward_train`'s $y$. The measured "
            "values vary in their last digits with the CPU and Numba's thread count."),
 }
 
@@ -194,7 +196,11 @@ def _spec_section(d: Derivation, w: Writer, s: dict) -> dict:
             "$M$ (biased, as PyTorch and Keras)" if spec.ddof == 0 else "$M - 1$ (unbiased)")))
     else:
         rows.append(("ddof", f"{spec.ddof} (no central moment in this forward, so it changes nothing)"))
-    rows.append(("running statistics", f"{spec.running} convention, momentum {spec.momentum:g}"))
+    if spec.tracks_running:
+        rows.append(("running statistics", f"{spec.running} convention, momentum {spec.momentum:g}"))
+    else:
+        rows.append(("running statistics", "none: the statistics do not span the batch axis 0, so eval mode uses "
+                     "the input's own statistics (section 5)"))
     forward = sympy.Symbol("y")
     off = [f"${latex_name(leaf)} = {value}$" for leaf, value, on in (("beta", 0, spec.center), ("gamma", 1, spec.scale))
            if not on and leaf in spec.expression]
@@ -296,10 +302,31 @@ _STAGES = {
 
 
 def _eval_note(d: Derivation) -> str:
+    if not d.spec.tracks_running:
+        return _no_running_note(d.spec)
     stats = [f"${latex_name(r.name)}$ from ${latex_name('running_' + r.name)}$" for r in d.graph.reductions]
     return ("In eval mode the statistics are constants, taken from the running statistics (" + _words(stats)
             + ", and whatever is computed from them): the paths through the sums vanish and only the direct "
             "path from $x$ to $y$ is left.")
+
+
+# What the frameworks keep, for the presets whose statistics are per sample.
+_FRAMEWORKS = {
+    "instance": ("PyTorch's `InstanceNorm` keeps per-channel running statistics, averaged over the batch, only with "
+                 "`track_running_stats=True` (by default it keeps none); `symbn.layers.InstanceNorm` offers the same "
+                 "on top of the batch-norm kernels, whose eval mode holds per-channel statistics fixed."),
+}
+
+
+def _no_running_note(spec: Spec) -> str:
+    kind = f"{_preset_name(spec)} norm" if spec.preset else "This normalization"
+    frameworks = _FRAMEWORKS.get(spec.preset, "PyTorch and Keras keep no running statistics for layer, group and RMS "
+                                               "norm either.")
+    return (f"Eval mode uses the input's own statistics, as training does. {kind}'s statistics do not span the "
+            "batch axis 0: every sample has statistics of its own, so running averages of them would be per sample, "
+            "and would depend on the batch (its size and which samples it holds), not on the layer. There are no "
+            "running statistics, and eval mode has no backward of its own: it is the compact backward above, with "
+            f"the statistics the forward computed from the input. {frameworks}")
 
 
 def _across_section(d: Derivation, w: Writer) -> dict | None:
@@ -337,6 +364,9 @@ def _across_section(d: Derivation, w: Writer) -> dict | None:
 
 
 def _running_section(d: Derivation, w: Writer) -> list[dict]:
+    """The running-statistics conventions, this spec's first; none where the spec keeps no running statistics."""
+    if not d.spec.tracks_running:
+        return []
     out = []
     for convention in sorted(RUNNING, key=lambda c: c != d.spec.running):
         spec = d.spec if convention == d.spec.running else d.spec.with_options(running=convention, momentum=None)

@@ -93,6 +93,15 @@ def test_derive_rms_nc(capsys):
     assert "xhat" in c["dx"] and "irms" in c["dx"]
 
 
+@pytest.mark.parametrize("argv", [("layer", "--layout", "NCHW"), ("group", "--groups", "4"), ("instance",), ("rms",)])
+def test_derive_per_sample_norms_print_eval_mode_as_training(capsys, argv):
+    out = run(capsys, "derive", *argv)
+    assert "eval mode: the input's own statistics, as in training (no running statistics: " in out
+    assert "statistics do not span the batch axis 0)" in out
+    assert "no running statistics" in out.split("\n\n")[0]  # the options line of the spec
+    assert "eval-mode backward" not in out and "running statistics (" not in out and "momentum" not in out
+
+
 def test_derive_custom_expression_with_explicit_axes(capsys):
     out = run(capsys, "derive", "gamma*x/sqrt(mean(x**2) + eps)", "--axes", "0,2", "--param-axes", "1")
     c = compact(out)

@@ -28,6 +28,11 @@ def error_of(capsys, *argv: str) -> str:
      "channel_axis"),
     (("derive", "batch", "--like", "layer"), "--like: got 'layer'", "like="),
     (("derive", "batch", "--momentum", "2"), "--momentum: got 2.0", "momentum: got"),
+    # per-sample statistics: no running statistics to choose a convention or a momentum for
+    (("derive", "layer", "--running", "keras"), "--running: got 'keras'; expected 'pytorch' (the default): layer norm "
+     "keeps no running statistics", "running: got"),
+    (("generate", "group", "--groups", "2", "--momentum", "0.5"), "--momentum: got 0.5; expected None (the default): "
+     "group norm keeps no running statistics", "momentum: got"),
     (("derive", "batch", "--eps", "-1"), "--eps: got -1.0", "eps: got"),
     (("derive", "batch", "-o", "somewhere"), "-o/--output needs --format", None),
 ])

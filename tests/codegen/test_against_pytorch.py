@@ -6,9 +6,10 @@ y, the saved statistics, dx/dgamma/dbeta (PyTorch: autograd with the same upstre
 statistics after one update are compared: float64 tightly, float32 loosely (PyTorch computes in float32, the module
 accumulates in float64).
 
-Where PyTorch has no counterpart (running statistics of layer/group/RMS norm, their eval mode), the reference is
-written here with plain torch ops and autograd: the PyTorch convention (r <- (1 - momentum) r + momentum s, variance
-unbiased), eval mode = the same normalization with the running statistics held constant.
+Only batch norm keeps running statistics (its statistics do not vary along the batch axis). Layer, group, instance
+and RMS norm keep none, as PyTorch's functional ops (and its modules by default) keep none: their eval mode is the
+training computation, so forward_eval is compared with the same op and the eval backward is backward() with the
+statistics forward_train returns.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def shape_for(spec) -> tuple[int, ...]:
 
 # --- PyTorch side -------------------------------------------------------------------------------------------------
 # Each adapter maps a spec onto PyTorch and answers, for torch tensors x, gamma, beta (requires_grad) and running
-# statistics (in the module's shapes):
+# statistics (in the module's shapes; none but for batch norm):
 #   train(x, gamma, beta, running) -> (y, saved statistics, running statistics after the update)
 #   eval(x, gamma, beta, running) -> y
 # where ``saved`` is in the module's SAVED order and shape, and the running statistics in the module's shapes.
@@ -71,63 +72,34 @@ class BatchNorm:
         return y.movedim(1, self.channel)
 
 
-class InstanceNorm:
-    """F.instance_norm; its running statistics are per channel (C,), the module's per sample and channel (N, C):
-    started equal across samples, the module's mean over the batch must equal PyTorch's."""
+class PerSample:
+    """The normalizations without running statistics: eval mode is the training computation (the op on the input's
+    own statistics), and no running statistics come back from training."""
+
+    def eval(self, x, gamma, beta, running):
+        assert not running, "no running statistics where the statistics are per sample"
+        return self.train(x, gamma, beta, running)[0]
+
+
+class InstanceNorm(PerSample):
+    """F.instance_norm without running statistics (PyTorch's default, track_running_stats=False; symbn.layers'
+    InstanceNorm(track_running_stats=True) is tested in tests/train/test_conventions.py)."""
 
     def __init__(self, spec):
         if LAYOUTS[spec.layout].channel != 1:
             pytest.skip(f"{spec.name}: F.instance_norm needs the channel axis at 1")
-        self.eps, self.momentum = spec.eps, spec.momentum
+        self.eps = spec.eps
 
     def train(self, x, gamma, beta, running):
         n, c = x.shape[:2]
-        rm, rv = (r[0] for r in running)  # the module's rows start equal (see data())
-        y = F.instance_norm(x, rm, rv, gamma, beta, use_input_stats=True, momentum=self.momentum, eps=self.eps)
+        y = F.instance_norm(x, None, None, gamma, beta, use_input_stats=True, eps=self.eps)
         # PyTorch runs instance norm as a batch norm over (1, N*C, spatial...): its saved mean/invstd.
         _, mean, invstd = torch.native_batch_norm(x.detach().reshape(1, n * c, -1), None, None, None, None, True,
-                                                  self.momentum, self.eps)
-        return y, (mean.reshape(n, c), invstd.reshape(n, c)), (rm, rv)
-
-    def eval(self, x, gamma, beta, running):
-        rm, rv = (r[0] for r in running)
-        return F.instance_norm(x, rm, rv, gamma, beta, use_input_stats=False, eps=self.eps)
+                                                  0.1, self.eps)
+        return y, (mean.reshape(n, c), invstd.reshape(n, c)), ()
 
 
-class Manual:
-    """Running statistics and eval mode by hand (PyTorch has neither for layer, group and RMS norm)."""
-
-    center = True
-
-    def per_stat(self, x):
-        """x viewed as (statistics..., M)."""
-        raise NotImplementedError
-
-    def expand(self, s, x):
-        """A per-statistic tensor broadcast against x."""
-        raise NotImplementedError
-
-    def updated(self, x, running):
-        v = self.per_stat(x.detach())
-        m = self.momentum
-        if self.center:
-            rm, rv = running
-            return ((1 - m) * rm + m * v.mean(-1), (1 - m) * rv + m * v.var(-1, unbiased=True))
-        (rms,) = running
-        return ((1 - m) * rms + m * v.pow(2).mean(-1),)
-
-    def eval(self, x, gamma, beta, running):
-        if self.center:
-            rm, rv = (self.expand(r, x) for r in running)
-            return (x - rm) * torch.rsqrt(rv + self.eps) * self.affine(gamma, x) + self.affine(beta, x)
-        (rms,) = running
-        return x * torch.rsqrt(self.expand(rms, x) + self.eps) * self.affine(gamma, x)
-
-    def affine(self, p, x):
-        return p
-
-
-class LayerNorm(Manual):
+class LayerNorm(PerSample):
     """F.layer_norm over the trailing reduced axes; saved mean/rstd from native_layer_norm."""
 
     def __init__(self, spec):
@@ -136,52 +108,34 @@ class LayerNorm(Manual):
         if spec.param_axes != spec.reduce_axes:
             pytest.skip(f"{spec.name}: F.layer_norm's weight spans the normalized shape; params {spec.param_axes}")
         self.k = len(spec.reduce_axes)
-        self.eps, self.momentum = spec.eps, spec.momentum
-
-    def per_stat(self, x):
-        return x.reshape(*x.shape[: x.ndim - self.k], -1)
-
-    def expand(self, s, x):
-        return s.reshape(*s.shape, *([1] * self.k))
+        self.eps = spec.eps
 
     def train(self, x, gamma, beta, running):
         shape = tuple(x.shape[x.ndim - self.k:])
         y = F.layer_norm(x, shape, gamma, beta, self.eps)
         _, mean, rstd = torch.native_layer_norm(x.detach(), shape, gamma.detach(), beta.detach(), self.eps)
         lead = x.shape[: x.ndim - self.k]
-        return y, (mean.reshape(lead), rstd.reshape(lead)), self.updated(x, running)
+        return y, (mean.reshape(lead), rstd.reshape(lead)), ()
 
 
-class GroupNorm(Manual):
+class GroupNorm(PerSample):
     """F.group_norm(num_groups=spec.groups); saved mean/rstd (N, G) from native_group_norm."""
 
     def __init__(self, spec):
         if LAYOUTS[spec.layout].channel != 1:
             pytest.skip(f"{spec.name}: F.group_norm needs the channel axis at 1")
-        self.groups, self.eps, self.momentum = spec.groups, spec.eps, spec.momentum
-
-    def per_stat(self, x):
-        return x.reshape(x.shape[0], self.groups, -1)
-
-    def expand(self, s, x):
-        n, c = x.shape[:2]
-        return s.repeat_interleave(c // self.groups, dim=1).reshape(n, c, *([1] * (x.ndim - 2)))
-
-    def affine(self, p, x):
-        return p.reshape(-1, *([1] * (x.ndim - 2)))
+        self.groups, self.eps = spec.groups, spec.eps
 
     def train(self, x, gamma, beta, running):
         n, c = x.shape[:2]
         y = F.group_norm(x, self.groups, gamma, beta, self.eps)
         _, mean, rstd = torch.native_group_norm(x.detach(), gamma.detach(), beta.detach(), n, c,
                                                 x[0, 0].numel(), self.groups, self.eps)
-        return y, (mean, rstd), self.updated(x, running)
+        return y, (mean, rstd), ()
 
 
 class RMSNorm(LayerNorm):
     """F.rms_norm over the trailing reduced axes; saved 1/rms from aten._fused_rms_norm (or by hand)."""
-
-    center = False
 
     def train(self, x, gamma, beta, running):
         shape = list(x.shape[x.ndim - self.k:])
@@ -190,8 +144,8 @@ class RMSNorm(LayerNorm):
         if hasattr(torch.ops.aten, "_fused_rms_norm"):
             irms = torch.ops.aten._fused_rms_norm(x.detach(), shape, gamma.detach(), self.eps)[1]
         else:
-            irms = torch.rsqrt(self.per_stat(x.detach()).pow(2).mean(-1) + self.eps)
-        return y, (irms.reshape(lead),), self.updated(x, running)
+            irms = torch.rsqrt(x.detach().reshape(*lead, -1).pow(2).mean(-1) + self.eps)
+        return y, (irms.reshape(lead),), ()
 
 
 ADAPTERS = {"batch": BatchNorm, "layer": LayerNorm, "instance": InstanceNorm, "group": GroupNorm, "rms": RMSNorm}
@@ -209,8 +163,7 @@ def adapter(spec):
 
 
 def data(spec, module, dtype, seed=0):
-    """x, dy, parameters (dtype of x) and running statistics (the module's shapes; per-sample running statistics
-    start equal across the batch so they can be compared with PyTorch's per-channel ones)."""
+    """x, dy, parameters (dtype of x) and running statistics (the module's shapes; none but for batch norm)."""
     rng = np.random.default_rng(seed)
     shape = shape_for(spec)
     pshape = tuple(shape[a] for a in spec.param_axes)
@@ -218,12 +171,9 @@ def data(spec, module, dtype, seed=0):
              gamma=rng.normal(1.0, 0.5, size=pshape).astype(dtype),
              beta=rng.normal(0.0, 0.5, size=pshape).astype(dtype))
     stat_shape = module.forward_train(d["x"], *params(module, d))[1].shape
-    running = []
-    for name in module.RUNNING:
-        row_shape = stat_shape[1:] if spec.preset == "instance" else stat_shape
-        value = rng.uniform(0.5, 2.0, size=row_shape) if "mu" not in name else rng.normal(size=row_shape)
-        running.append(np.ascontiguousarray(np.broadcast_to(value, stat_shape)).astype(dtype))
-    d["running"] = running
+    assert bool(module.RUNNING) == spec.tracks_running == (spec.preset == "batch")
+    d["running"] = [(rng.uniform(0.5, 2.0, size=stat_shape) if "mu" not in name else rng.normal(size=stat_shape))
+                    .astype(dtype) for name in module.RUNNING]
     return d
 
 
@@ -278,7 +228,7 @@ def test_train(spec, backend, dtype):
     """forward_train (y, saved statistics, running update) and backward (dx, dgamma, dbeta) against autograd."""
     ref = adapter(spec)
     module = catalogue_module(spec.name, backend)
-    assert (module.EPS, module.MOMENTUM) == (spec.eps, spec.momentum)
+    assert (module.EPS, getattr(module, "MOMENTUM", None)) == (spec.eps, spec.momentum)
     d = data(spec, module, dtype)
     running = [r.copy() for r in d["running"]]
     y, *saved = module.forward_train(d["x"], *params(module, d), *running)
@@ -294,21 +244,26 @@ def test_train(spec, backend, dtype):
         check(name, got, want, dtype, np.float64)
     for name, got, want in zip(("dx", "dgamma", "dbeta"), grads, tgrads):
         check(name, got, want, dtype)
+    assert len(trunning) == len(module.RUNNING)
     for name, got, want in zip(module.RUNNING, running, trunning):
-        if spec.preset == "instance":  # per sample in the module, the batch mean of them in PyTorch
-            got = got.astype(np.float64).mean(0).astype(dtype)
         check(name, got, want, dtype)
 
 
 @pytest.mark.parametrize("spec, backend, dtype", CASES)
 def test_eval(spec, backend, dtype):
-    """forward_eval and backward_eval (statistics held constant) against the eval-mode op and autograd."""
+    """forward_eval and its backward against the eval-mode op and autograd: backward_eval (the running statistics held
+    constant) for batch norm; elsewhere eval mode is training's, and its backward is backward() with the statistics
+    forward_train returns."""
     ref = adapter(spec)
     module = catalogue_module(spec.name, backend)
     d = data(spec, module, dtype, seed=1)
     before = [r.copy() for r in d["running"]]
     y = module.forward_eval(d["x"], *params(module, d), *d["running"])
-    grads = module.backward_eval(d["dy"], d["x"], d["gamma"], *d["running"])
+    if module.RUNNING:
+        grads = module.backward_eval(d["dy"], d["x"], d["gamma"], *d["running"])
+    else:
+        assert not hasattr(module, "backward_eval")
+        grads = module.backward(d["dy"], d["x"], d["gamma"], *module.forward_train(d["x"], *params(module, d))[1:])
     for r, b in zip(d["running"], before):
         np.testing.assert_array_equal(r, b)  # eval mode never updates running statistics
 

@@ -282,3 +282,46 @@ def test_the_flipped_term_is_a_real_term():
         _, grads = checks.loss_and_grads(m, data)
         flipped = checks.loss_and_grads(mutated(m, _flip_a_term(m)), data)[1]["x"]
         assert checks.relative_error(flipped, grads["x"]) > 1e-3, key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Eval mode: backward_eval where running statistics are kept, forward_eval = forward_train's y where none are
+
+
+def _replaced(m, **functions):
+    attrs = {k: getattr(m, k) for k in dir(m) if not (k.startswith("__") and k.endswith("__"))}
+    return types.SimpleNamespace(**{**attrs, **functions})
+
+
+@pytest.mark.parametrize("key", ["batch_nchw", NUMBA + "-numba"])
+def test_a_wrong_eval_backward_fails_the_eval_checks(key):
+    m = module(key)
+    results = checks.run(m)
+    assert [r.name for r in results if r.name.startswith("eval: ")] == [
+        "eval: central differences dx", "eval: central differences dgamma", "eval: central differences dbeta"]
+    original = m.backward_eval
+    for index, factor in ((0, 1 + 1e-6), (1, 1 + 1e-4), (2, 1 + 1e-4)):
+        def backward_eval(*args, index=index, factor=factor, **kwargs):
+            grads = [np.array(g, dtype=np.float64) for g in original(*args, **kwargs)]
+            grads[index] *= factor
+            return tuple(grads)
+
+        failed = [r.name for r in checks.run(_replaced(m, backward_eval=backward_eval)) if not r.ok]
+        assert failed == [f"eval: central differences d{('x', 'gamma', 'beta')[index]}"], failed
+
+
+@pytest.mark.parametrize("key", ["layer_nc", "group2_nc", "linear"])
+def test_a_forward_eval_other_than_trainings_fails_where_no_running_statistics_are_kept(key):
+    m = module(key)
+    assert m.RUNNING == ()
+    (result,) = [r for r in checks.run(m) if r.name.startswith("eval: ")]
+    assert result.ok and result.name == "eval: forward_eval = training's y" and result.value == 0
+    original = m.forward_eval
+
+    def forward_eval(*args, **kwargs):  # one ulp off in one element
+        y = np.array(original(*args, **kwargs))
+        y.reshape(-1)[0] = np.nextafter(y.reshape(-1)[0], np.inf)
+        return y
+
+    (result,) = [r for r in checks.run(_replaced(m, forward_eval=forward_eval)) if r.name.startswith("eval: ")]
+    assert not result.ok and result.value > 0

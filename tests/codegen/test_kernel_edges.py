@@ -24,10 +24,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import BACKENDS, FUNCTIONS, SPECS, call, catalogue_module, shape_of, stat_shape, takes
+from helpers import BACKENDS, SPECS, call, catalogue_module, functions, shape_of, stat_shape, takes
 from symbn.codegen.store import import_path
 
 NAMES = ("batch_nchw", "layer_nc", "group4_nchw", "rms_nc", "batch_nhwc")
+RUNNING_NAMES = tuple(n for n in NAMES if SPECS[n].tracks_running)  # the others keep no running statistics
 # float64 inputs near 1e200 need a wider type on the exact path; where long double is float64 they are not rescued
 WIDE = np.finfo(np.longdouble).maxexp > np.finfo(np.float64).maxexp
 TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
@@ -148,7 +149,7 @@ def train_and_check(name, backend, args, eps, momentum=0.1, reference_args=None)
     dtype = args["x"].dtype
     running = [args[r].copy() for r in module.RUNNING]
     y, *saved = call(module, "forward_train", {**args, **dict(zip(module.RUNNING, running))}, eps=eps,
-                     momentum=momentum)
+                     **({"momentum": momentum} if module.RUNNING else {}))
     grads = call(module, "backward", {**args, **dict(zip(module.SAVED, saved))}, eps=eps)
     ref = reference_args or args
     ry, rsaved, rgrads, rrunning = reference(spec, ref["x"], ref["dy"], ref["gamma"], ref.get("beta"),
@@ -204,7 +205,8 @@ def test_a_variance_beyond_float64_comes_back_as_inf_never_as_zero(name):
         spec, module, args = arguments(name, backend, np.float64, 1e200)
         running = [args[r].copy() for r in module.RUNNING]
         y, mu, istd = call(module, "forward_train", {**args, **dict(zip(module.RUNNING, running))})
-        assert np.all(np.isinf(running[1])) and np.all(running[1] > 0)  # var ~ 1e400: not a float64
+        if running:  # batch norm: var ~ 1e400 is not a float64
+            assert np.all(np.isinf(running[1])) and np.all(running[1] > 0)
         assert np.all(np.isfinite(y)) and np.all(istd > 0) and np.all(np.isfinite(istd))  # istd ~ 1e-200 is
 
 
@@ -224,7 +226,7 @@ def test_ordinary_inputs_never_take_the_exact_path(name, backend, monkeypatch):
     for dtype in (np.float32, np.float64):
         typed = {**args, "x": args["x"].astype(dtype), "dy": args["dy"].astype(dtype)}
         y, *saved = call(module, "forward_train", typed)
-        for fn in FUNCTIONS[1:]:
+        for fn in functions(module)[1:]:
             call(module, fn, {**typed, **dict(zip(module.SAVED, saved))})
 
 
@@ -272,8 +274,9 @@ def refused(module, fn, args, error, name, *fragments):
 
 BAD_EPS = [(-1.0, ValueError), (0.0, ValueError), (np.nan, ValueError), (np.inf, ValueError), (10 ** 400, ValueError),
            ("1e-5", TypeError), (None, TypeError), (True, TypeError), (1e-5 + 0j, TypeError)]
-BAD_MOMENTUM = [(2.0, ValueError), (-1.0, ValueError), (0.0, ValueError), (1.0, ValueError), (np.nan, ValueError),
-                (None, TypeError), ("0.1", TypeError), (False, TypeError), (np.array([0.1]), TypeError)]
+BAD_MOMENTUM = [(2.0, ValueError), (-1.0, ValueError), (1 + 1e-15, ValueError), (-1e-300, ValueError),
+                (np.nan, ValueError), (np.inf, ValueError), (None, TypeError), ("0.1", TypeError), (False, TypeError),
+                (np.array([0.1]), TypeError)]
 
 
 @pytest.mark.parametrize("value, error", BAD_EPS, ids=repr)
@@ -281,7 +284,7 @@ BAD_MOMENTUM = [(2.0, ValueError), (-1.0, ValueError), (0.0, ValueError), (1.0, 
 @pytest.mark.parametrize("name", ("batch_nchw", "rms_nc"))
 def test_eps_is_checked_per_call_before_anything_is_written(name, backend, value, error):
     _, module, args = arguments(name, backend)
-    for fn in FUNCTIONS + ("backward_staged",):
+    for fn in functions(module) + ("backward_staged",):
         bad = {**args, "eps": value}
         if fn != "backward_staged":
             bad["out"] = np.full_like(args["x"], 7.0)
@@ -290,11 +293,11 @@ def test_eps_is_checked_per_call_before_anything_is_written(name, backend, value
 
 @pytest.mark.parametrize("value, error", BAD_MOMENTUM, ids=repr)
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ("batch_nchw", "rms_nc"))
+@pytest.mark.parametrize("name", ("batch_nchw", "batch_nc"))
 def test_momentum_is_checked_per_call_before_anything_is_written(name, backend, value, error):
     _, module, args = arguments(name, backend)
     bad = {**args, "momentum": value, "out": np.full_like(args["x"], 7.0)}
-    refused(module, "forward_train", bad, error, "momentum", "strictly between 0 and 1")
+    refused(module, "forward_train", bad, error, "momentum", "from 0 to 1")
     stats = {r: args[r] for r in module.RUNNING}
     batch = {f"b{i}": np.ones_like(args[r]) for i, r in enumerate(module.RUNNING)}
     before = snapshot(stats)
@@ -319,7 +322,7 @@ def test_out_sharing_memory_with_any_argument_is_refused(name, backend):
     """gamma, beta, running and saved statistics, dy, and x as the caller gave it (a strided view: the contiguous
     copy the kernels read shares nothing)."""
     _, module, args = arguments(name, backend)
-    for fn in FUNCTIONS:
+    for fn in functions(module):
         for arg in inspect.signature(getattr(module, fn)).parameters:
             if arg not in args or arg == "x":
                 continue
@@ -335,7 +338,7 @@ def test_out_sharing_memory_with_any_argument_is_refused(name, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ("batch_nchw", "batch_nhwc", "group4_nchw", "layer_nc"))
+@pytest.mark.parametrize("name", ("batch_nchw", "batch_nhwc", "batch_nc"))
 def test_running_statistics_must_be_arrays_of_their_own(name, backend):
     _, module, args = arguments(name, backend)
     mu, var = module.RUNNING
@@ -380,7 +383,7 @@ def test_every_refusal_leaves_every_array_unchanged(name, backend, refusal):
     """Each function in turn, out given (so there is something a late refusal would have written)."""
     _, module, args = arguments(name, backend)
     running, saved = list(module.RUNNING), list(module.SAVED)
-    for fn in FUNCTIONS:
+    for fn in functions(module):
         params = inspect.signature(getattr(module, fn)).parameters
         bad = {**{k: np.array(v, copy=True) for k, v in args.items()}, "out": np.full_like(args["x"], 7.0)}
         if refusal == "momentum" and "momentum" in params:
@@ -389,13 +392,13 @@ def test_every_refusal_leaves_every_array_unchanged(name, backend, refusal):
             bad["eps"] = -1e-5
         elif refusal == "out overlaps gamma":
             bad["gamma"], bad["out"] = _sharing(args["gamma"], args["x"].shape, where=2)
-        elif refusal == "out overlaps a running statistic" and running[-1] in params:
+        elif refusal == "out overlaps a running statistic" and running and running[-1] in params:
             bad[running[-1]], bad["out"] = _sharing(args[running[-1]], args["x"].shape, where=2)
         elif refusal == "same running statistics" and fn == "forward_train" and len(running) > 1:
             bad[running[1]] = bad[running[0]]
-        elif refusal == "read-only running statistic" and fn == "forward_train":
+        elif refusal == "read-only running statistic" and fn == "forward_train" and running:
             bad[running[-1]].flags.writeable = False
-        elif refusal == "running statistic of another shape" and running[-1] in params:
+        elif refusal == "running statistic of another shape" and running and running[-1] in params:
             bad[running[-1]] = np.ones((1,) + args[running[-1]].shape)
         elif refusal == "gamma of another shape":
             bad["gamma"] = np.ones((1,) + args["gamma"].shape)
@@ -479,7 +482,7 @@ def test_every_call_agrees_with_the_reference_or_is_refused_leaving_everything_u
     elif alias == "out in gamma" and args["gamma"].dtype == dtype:
         args["gamma"], out = _sharing(np.array(args["gamma"]), shape, where=1)
         expect_refusal = True
-    elif alias == "out in a running statistic" and dtype == np.float64:
+    elif alias == "out in a running statistic" and dtype == np.float64 and running:
         args[running[0]], out = _sharing(args[running[0]], shape, where=1)
         expect_refusal = True
     elif alias == "same running statistics" and len(running) > 1:
@@ -531,7 +534,7 @@ def test_every_call_agrees_with_the_reference_or_is_refused_leaving_everything_u
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", RUNNING_NAMES)
 def test_update_running_on_its_own(name, backend):
     """The public update: the convention's rule (pytorch: variances corrected by M/(M - 1)), any statistic shape."""
     _, module, args = arguments(name, backend)
@@ -541,6 +544,57 @@ def test_update_running_on_its_own(name, backend):
     for r, s, new in zip(module.RUNNING, batch, running):
         corrected = s * 8 / 7 if r.endswith("var") else s
         np.testing.assert_allclose(new, 0.75 * args[r] + 0.25 * corrected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("convention", ("pytorch", "keras"))
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ("batch_nc", "batch_nchw"))
+def test_momentum_at_either_end_keeps_or_replaces_the_running_statistics(name, backend, convention):
+    """Momentum 0 and 1 are accepted, as PyTorch and Keras accept them: the end that weighs the batch by 0 leaves
+    the running statistics unchanged, the other replaces them by the batch's (the variance unbiased by M/(M - 1) in
+    PyTorch's convention, as computed in Keras'), through update_running and through forward_train."""
+    from symbn import load
+    from symbn.core.spec import RUNNING
+
+    spec = SPECS[name] if convention == "pytorch" else SPECS[name].with_options(running="keras", momentum=None)
+    module = catalogue_module(name, backend) if convention == "pytorch" else load(spec, backend)
+    _, _, args = arguments(name, backend, seed=3)
+    keep, replace = (0.0, 1.0) if RUNNING[convention].momentum_on_batch else (1.0, 0.0)
+    for momentum in (0, 1, 0.0, 1.0, np.float32(1)):
+        mu, var = (args[r].copy() for r in module.RUNNING)
+        y, *saved = module.forward_train(args["x"], args["gamma"], args["beta"], mu, var, momentum=momentum)
+        x = args["x"].reshape(-1, args["x"].shape[1]) if name == "batch_nc" else np.moveaxis(args["x"], 1, -1)
+        x = x.reshape(-1, x.shape[-1])
+        m = x.shape[0]
+        if float(momentum) == keep:
+            np.testing.assert_array_equal(mu, args[module.RUNNING[0]])
+            np.testing.assert_array_equal(var, args[module.RUNNING[1]])
+        else:
+            assert float(momentum) == replace
+            np.testing.assert_allclose(mu, x.mean(axis=0), rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(var, x.var(axis=0, ddof=1 if convention == "pytorch" else 0), rtol=1e-13)
+        # update_running on its own, from the batch statistics
+        mu2, var2 = (args[r].copy() for r in module.RUNNING)
+        batch_mu, batch_var = x.mean(axis=0), x.var(axis=0)
+        module.update_running(mu2, var2, batch_mu, batch_var, m, momentum=momentum)
+        if float(momentum) == keep:
+            np.testing.assert_array_equal(mu2, args[module.RUNNING[0]])
+            np.testing.assert_array_equal(var2, args[module.RUNNING[1]])
+        else:
+            np.testing.assert_array_equal(mu2, batch_mu)
+            np.testing.assert_allclose(var2, batch_var * (m / (m - 1) if convention == "pytorch" else 1), rtol=1e-15)
+
+
+def test_modules_without_running_statistics_take_no_momentum():
+    for name in NAMES:
+        for backend in BACKENDS:
+            _, module, args = arguments(name, backend)
+            if module.RUNNING:
+                continue
+            assert not hasattr(module, "update_running") and not hasattr(module, "MOMENTUM")
+            for fn in ("forward_train", "forward_eval"):
+                with pytest.raises(TypeError, match="momentum"):
+                    call(module, fn, args, momentum=0.1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -82,6 +82,7 @@ def test_numpy_and_numba_agree(spec):
     a, b = (catalogue_or_cached(spec, backend) for backend in BACKENDS)
     data = checks.inputs(a, seed=3)
     outs = []
+    assert a.RUNNING == b.RUNNING and bool(a.RUNNING) == spec.tracks_running
     for m in (a, b):
         running = [np.full(s, v) for s, v in zip([m._stat_shape(m._sizes(data["x"]))] * len(m.RUNNING),
                                                  np.linspace(0.5, 1.5, len(m.RUNNING)))]
@@ -89,7 +90,8 @@ def test_numpy_and_numba_agree(spec):
         gamma = [data["gamma"]] if "gamma" in data else []
         grads = m.backward(data["dy"], data["x"], *gamma, *saved)
         y_eval = m.forward_eval(data["x"], *params_of(m, data), *running)
-        grads_eval = m.backward_eval(data["dy"], data["x"], *gamma, *running)
+        # eval mode's own backward where running statistics are kept; elsewhere eval mode is training's
+        grads_eval = m.backward_eval(data["dy"], data["x"], *gamma, *running) if m.RUNNING else []
         outs.append([y, *saved, *grads, *running, y_eval, *grads_eval])
     for u, v in zip(*outs):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-13)
@@ -134,6 +136,7 @@ def test_column_kernels_with_many_columns_take_rows_in_fours():
     gamma, beta = rng.normal(size=1100), rng.normal(size=1100)
     running = [rng.normal(size=1100), rng.uniform(0.5, 1.5, size=1100)]
     outs = []
+    assert a.RUNNING and b.RUNNING
     for m in (a, b):
         y, *saved = m.forward_train(x, gamma, beta)
         outs.append([y, *saved, *m.backward(dy, x, gamma, *saved), m.forward_eval(x, gamma, beta, *running),
@@ -142,7 +145,46 @@ def test_column_kernels_with_many_columns_take_rows_in_fours():
         np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("spec, backend", ENTRIES, ids=IDS)
+RUNNING_ENTRIES = [(spec, backend) for spec, backend in ENTRIES if spec.tracks_running]
+PER_SAMPLE_ENTRIES = [(spec, backend) for spec, backend in ENTRIES if not spec.tracks_running]
+
+
+def test_every_batch_norm_and_nothing_else_keeps_running_statistics():
+    assert {spec.preset for spec, _ in RUNNING_ENTRIES} == {"batch"}
+    assert {spec.preset for spec, _ in PER_SAMPLE_ENTRIES} == {"layer", "instance", "group", "rms"}
+    for spec, backend in ENTRIES:
+        assert bool(module(spec, backend).RUNNING) == spec.tracks_running
+
+
+@pytest.mark.parametrize("spec, backend", PER_SAMPLE_ENTRIES, ids=[f"{s.name}-{b}" for s, b in PER_SAMPLE_ENTRIES])
+def test_per_sample_modules_evaluate_with_the_inputs_own_statistics(spec, backend):
+    """No running statistics where every sample has its own: no update_running, backward_eval or MOMENTUM, no running
+    or momentum arguments, and forward_eval is forward_train's y (also with out=, and in float32)."""
+    import inspect
+
+    m = module(spec, backend)
+    assert m.RUNNING == ()
+    for name in ("backward_eval", "update_running", "MOMENTUM", "_backward_eval", "_momentum", "_running"):
+        assert not hasattr(m, name), name
+    names = checks.parameter_names(m)
+    assert list(inspect.signature(m.forward_train).parameters) == ["x", *names, "eps", "out"]
+    assert list(inspect.signature(m.forward_eval).parameters) == ["x", *names, "eps", "out"]
+    assert "no running statistics" in m.__doc__.lower() and "backward_eval" in m.__doc__
+    for dtype in (np.float64, np.float32):
+        data = checks.inputs(m, seed=6, dtype=dtype)
+        params = params_of(m, data)
+        y, *saved = m.forward_train(data["x"], *params, eps=1e-3)
+        np.testing.assert_array_equal(m.forward_eval(data["x"], *params, eps=1e-3), y)
+        out = np.full_like(data["x"], np.nan)
+        assert m.forward_eval(data["x"], *params, eps=1e-3, out=out) is out
+        np.testing.assert_array_equal(out, y)
+    # another batch size changes nothing for the samples both batches hold: the statistics are per sample
+    data = checks.inputs(m, seed=7)
+    params = params_of(m, data)
+    np.testing.assert_array_equal(m.forward_eval(data["x"][:1], *params), m.forward_eval(data["x"], *params)[:1])
+
+
+@pytest.mark.parametrize("spec, backend", RUNNING_ENTRIES, ids=[f"{s.name}-{b}" for s, b in RUNNING_ENTRIES])
 def test_eval_mode_backward_matches_central_differences(spec, backend):
     m = module(spec, backend)
     data = checks.inputs(m, seed=5)

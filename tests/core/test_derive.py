@@ -90,12 +90,35 @@ def test_batch_norm_staged_form_has_the_classic_nine_steps():
     assert staged[by_name(d, "dsq")] == by_name(d, "dvar") / M
 
 
-@pytest.mark.parametrize("spec", PRESETS, ids=lambda s: s.name)
+RUNNING_SPECS = [s for s in PRESETS if s.tracks_running]
+
+
+def test_only_batch_norm_keeps_running_statistics():
+    assert {s.preset for s in RUNNING_SPECS} == {"batch"}
+    assert {s.preset for s in PRESETS if not s.tracks_running} == {"layer", "instance", "group", "rms"}
+
+
+@pytest.mark.parametrize("spec", RUNNING_SPECS, ids=lambda s: s.name)
 def test_eval_mode_backward_holds_statistics_constant(spec):
     d = derive(spec)
     scale = by_name(d, "irms" if spec.preset == "rms" else "istd")
     gamma = by_name(d, "gamma")
     assert sympy.simplify(d.output(d.eval_mode, DX) - DY * gamma * scale) == 0
+    assert len(d.running) == len(d.graph.reductions)
+
+
+@pytest.mark.parametrize("spec", [s for s in PRESETS if not s.tracks_running], ids=lambda s: s.name)
+def test_per_sample_statistics_have_no_eval_mode_or_running_updates(spec):
+    """Eval mode is the training computation where the statistics do not span the batch axis: nothing of its own."""
+    d = derive(spec)
+    assert d.eval_mode == () and d.running == ()
+    assert d.compact and d.reductions  # the training backward is all there is
+
+
+def test_a_custom_spec_reducing_the_batch_axis_keeps_running_statistics():
+    d = derive(preset("rms", "NC").with_options(preset=None, layout=None, reduce_axes=(0,), param_axes=(1,)))
+    assert d.spec.tracks_running and [s.name for s, _ in d.running] == ["running_ms"]
+    assert [s.name for s, _ in d.eval_mode] == ["dx", "dgamma"]
 
 
 def test_running_statistics_conventions():

@@ -208,14 +208,62 @@ def test_unknown_running_convention():
     assert "keras" in str(err) and "pytorch" in str(err)
 
 
-@pytest.mark.parametrize("momentum", [0, 1, 1.5, -0.1, math.nan, True])
-def test_momentum_outside_open_unit_interval(momentum):
-    refused(lambda: specs.preset("batch", "NC", momentum=momentum), "momentum", repr(momentum))
+@pytest.mark.parametrize("momentum", [1.5, -0.1, 1 + 1e-15, math.nan, math.inf, True])
+def test_momentum_outside_the_unit_interval(momentum):
+    err = refused(lambda: specs.preset("batch", "NC", momentum=momentum), "momentum", repr(momentum))
+    assert "from 0 to 1" in str(err)
 
 
 def test_momentum_inside_interval_accepted():
     assert specs.preset("batch", "NC", momentum=0.5).momentum == 0.5
     assert specs.preset("batch", "NC", running="keras", momentum=0.99).running == "keras"
+
+
+@pytest.mark.parametrize("momentum", [0, 1])
+def test_momentum_at_the_ends_accepted(momentum):
+    """0 keeps the running statistics where they are, 1 replaces them by each batch's: PyTorch and Keras take both."""
+    spec = specs.preset("batch", "NC", momentum=momentum)
+    assert spec.momentum == momentum and type(spec.momentum) is float
+    assert spec.name == f"batch_nc_momentum{momentum}"
+
+
+# --- running statistics: only where the statistics do not vary along the batch axis --------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+def test_batch_norm_tracks_running_statistics_in_every_layout(layout):
+    assert specs.LAYOUTS[layout].batch == specs.BATCH_AXIS == 0
+    assert specs.preset("batch", layout).tracks_running
+
+
+@pytest.mark.parametrize("name, layout, options", [
+    ("layer", "NC", {}), ("layer", "NCHW", {}), ("rms", "NC", {}), ("instance", "NCHW", {}),
+    ("instance", "NHWC", {}), ("group", "NCHW", {"groups": 4}), ("group", "NHWC", {"groups": 2})])
+def test_per_sample_norms_keep_no_running_statistics(name, layout, options):
+    spec = specs.preset(name, layout, **options)
+    assert not spec.tracks_running
+    assert spec.momentum is None and spec.running == "pytorch"  # not filled in with the convention's default
+    assert spec.name == f"{name}{options.get('groups', '')}_{layout.lower()}"
+
+
+def test_custom_specs_track_running_statistics_where_axis_0_is_reduced():
+    assert specs.make(RMS, axes=(0, 2), param_axes=()).tracks_running
+    assert specs.make(RMS, axes=(0, 2), param_axes=()).momentum == 0.1
+    assert not specs.make(RMS, axes=(1, 2), param_axes=()).tracks_running
+    assert specs.make(RMS, axes=(1, 2), param_axes=()).momentum is None
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda **o: specs.preset("layer", "NC", **o), "layer norm"),
+    (lambda **o: specs.preset("group", "NCHW", groups=2, **o), "group norm"),
+    (lambda **o: specs.make(RMS, axes=(1,), param_axes=(), **o), "this normalization")])
+def test_running_options_refused_without_running_statistics(make, name):
+    err = refused(lambda: make(running="keras"), "running", "'keras'")
+    assert str(err) == (f"running: got 'keras'; expected 'pytorch' (the default): {name} keeps no running "
+                        "statistics (its statistics do not span the batch axis 0)")
+    err = refused(lambda: make(momentum=0.1), "momentum", "0.1")
+    assert str(err).startswith("momentum: got 0.1; expected None (the default): " + name)
+    assert make(running="pytorch", momentum=None).momentum is None
 
 
 def test_center_on_expression_without_beta():
@@ -342,8 +390,10 @@ def _all_preset_specs():
                 out.append(specs.preset(preset, layout, ddof=1, **g))
                 out.append(specs.preset(preset, layout, center=not base.center, **g))
                 out.append(specs.preset(preset, layout, scale=False, **g))
-                out.append(specs.preset(preset, layout, running="keras", momentum=0.99, **g))
-                out.append(specs.preset(preset, layout, ddof=1, scale=False, running="keras", **g))
+                if base.tracks_running:
+                    out.append(specs.preset(preset, layout, running="keras", momentum=0.99, **g))
+                    out.append(specs.preset(preset, layout, ddof=1, scale=False, running="keras", **g))
+                    out.append(specs.preset(preset, layout, momentum=0.5, **g))
     return out
 
 

@@ -270,3 +270,25 @@ def test_readme_links_the_index_and_shows_the_engine_compact_result():
     dx = next(e for s, e in d.compact if s.name == "dx")
     assert "(docs/index.md)" in readme
     assert WRITERS["md"].display_lines(tex_lines(latex_name("dx"), dx)) in readme
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in catalog.CATALOG])
+def test_section_5_has_running_statistics_only_where_the_spec_keeps_them(rendered, name):
+    """Batch norm: the eval-mode backward and both conventions' tables. The others: why eval mode uses the input's
+    own statistics, no convention, and the eval check that forward_eval is forward_train's y."""
+    files, _ = rendered
+    spec = {s.name: s for s in catalog.CATALOG}[name]
+    md = files[f"{name}.md"]
+    section = md[md.index("## 5. Eval mode and running statistics"):md.index("## 6.")]
+    conventions = re.findall(r"^\*\*(PyTorch|Keras) convention", section, flags=re.M)
+    if spec.tracks_running:
+        assert conventions == ["PyTorch", "Keras"] and "running}" in section and "$$" in section
+        assert "**running statistics**: pytorch convention, momentum 0.1" in md
+        assert "eval: central differences dx" in md
+    else:
+        assert conventions == [] and "$$" not in section
+        assert "Eval mode uses the input's own statistics, as training does." in section
+        assert "do not span the batch axis 0" in section and "depend on the batch" in section
+        assert ("track_running_stats=True" in section) == (spec.preset == "instance")
+        assert "**running statistics**: none" in md
+        assert md.count("eval: forward\\_eval = training's y") == 2  # both backends

@@ -174,6 +174,25 @@ def test_momentum_none_is_the_cumulative_average_of_the_batch_statistics(running
         assert int(bn.num_batches_tracked) == i
 
 
+@pytest.mark.parametrize("running", ["pytorch", "keras"])
+def test_momentum_at_either_end_keeps_or_replaces_the_running_statistics(running):
+    """Momentum 0 and 1, which PyTorch and Keras accept: one end keeps the running statistics, the other replaces
+    them by each batch's (PyTorch's 1 and Keras' 0; the first batch of the cumulative average is the same)."""
+    keep, replace = (0.0, 1.0) if running == "pytorch" else (1.0, 0.0)
+    ddof = 1 if running == "pytorch" else 0
+    x = RNG.normal(2, 3, (5, 3, 2, 2))
+    kept = BatchNorm(3, "NCHW", momentum=keep, running=running)
+    kept.forward(x)
+    np.testing.assert_array_equal(kept.running_mean, np.zeros(3))
+    np.testing.assert_array_equal(kept.running_var, np.ones(3))
+    for momentum in (replace, None):  # None: the cumulative average, whose first batch weighs 1
+        bn = BatchNorm(3, "NCHW", momentum=momentum, running=running)
+        bn.forward(x)
+        close(bn.running_mean, x.mean((0, 2, 3)), what=f"mean, momentum {momentum}")
+        close(bn.running_var, x.var((0, 2, 3), ddof=ddof), what=f"var, momentum {momentum}")
+    assert InstanceNorm(3, momentum=1.0).momentum == 1.0 and InstanceNorm(3, momentum=0).momentum == 0.0
+
+
 def test_default_momentum_is_the_conventions_and_loaded_counts_continue_the_average():
     assert BatchNorm(3).momentum == 0.1 and BatchNorm(3, momentum=DEFAULT, running="keras").momentum == 0.99
     bn = BatchNorm(2, momentum=None)

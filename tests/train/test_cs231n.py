@@ -92,6 +92,16 @@ def test_bn_param_momentum_and_eps_are_read_from_the_dict():
     np.testing.assert_allclose(bn_param["running_var"], 1.0 + 0.5 * x.var(0), rtol=1e-13)
 
 
+def test_bn_param_momentum_takes_both_ends_of_the_unit_interval():
+    """The assignment's running = momentum*running + (1 - momentum)*batch: momentum 1 keeps, 0 replaces."""
+    x = RNG.normal(size=(6, 3))
+    for momentum, mean, var in ((1.0, np.ones(3), np.full(3, 2.0)), (0.0, x.mean(0), x.var(0))):
+        bn_param = {"mode": "train", "momentum": momentum, "running_mean": np.ones(3), "running_var": np.full(3, 2.0)}
+        batchnorm_forward(x, np.ones(3), np.zeros(3), bn_param)
+        np.testing.assert_allclose(bn_param["running_mean"], mean, rtol=1e-13)
+        np.testing.assert_allclose(bn_param["running_var"], var, rtol=1e-13)
+
+
 def test_test_mode_normalizes_with_the_running_statistics():
     x = RNG.normal(size=(5, 3))
     gamma, beta = RNG.normal(size=3), RNG.normal(size=3)

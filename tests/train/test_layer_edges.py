@@ -224,7 +224,7 @@ def test_save_to_an_unwritable_path_is_a_clear_error_and_an_earlier_file_stays_w
     (lambda: BatchNorm(3, "channels_first"), ValueError, "layout"),
     (lambda: GroupNorm(2, 4, "channels_last"), ValueError, "layout"),
     (lambda: InstanceNorm(3, momentum=None), ValueError, "momentum"),
-    (lambda: InstanceNorm(3, momentum=1.0), ValueError, "momentum"),
+    (lambda: InstanceNorm(3, momentum=1.5), ValueError, "momentum"),
     (lambda: InstanceNorm(3, track_running_stats="yes"), ValueError, "track_running_stats"),
     (lambda: BatchNorm(3).state_dict(naming="tf"), ValueError, "naming"),
     (lambda: BatchNorm(3).state_dict(naming=None), ValueError, "naming"),

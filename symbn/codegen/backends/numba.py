@@ -182,7 +182,9 @@ def statements(lw: Lowering) -> dict:
     dx = loop.passes[-1].context()
     if split:  # one statistic's body runs both loops: what the sums' loop set up (shift, gamma) is not set up again
         dx["stat_lines"] = [line for line in dx["stat_lines"] if line not in split["stat_lines"]]
-    eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
+    # an eval backward of its own only where the spec keeps running statistics
+    eval_dx = (elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
+               if p.eval_dx is not None else None)
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
     moments = _moments(lw, sc.code)
     train_steps = [dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr), denominator=sc.code(s.denominator),
@@ -196,9 +198,10 @@ def statements(lw: Lowering) -> dict:
         forward_train=reads(y["wrapper"]), map_kernel_y=reads(_in_kernel(y_eval)), forward_eval=reads(y_eval["wrapper"]),
         backward_kernel=reads(_in_kernel(split) + [split["totals"]] if split else [sums, sum_loads],
                               _in_kernel(dx)),
-        backward=reads(backward_wrapper), backward_eval_kernel=reads(_in_kernel(eval_dx)),
-        backward_eval=reads(eval_dx["wrapper"]),
+        backward=reads(backward_wrapper),
     )
+    if eval_dx is not None:
+        uses |= dict(backward_eval_kernel=reads(_in_kernel(eval_dx)), backward_eval=reads(eval_dx["wrapper"]))
     return dict(
         uses={name: sorted(found) for name, found in uses.items()},
         math="math" in set().union(*uses.values()),
@@ -270,8 +273,10 @@ def _column_statements(lw: Lowering) -> dict:
         dx["wrapper"] = [w for w in dx["wrapper"] if w not in sums["wrapper"]]
     moments = _moments(lw, lambda e: numpy_code(e, {}))
     y, y_eval = elementwise([p.y], every_stat), elementwise([p.y], p.eval_stats)
-    eval_dx = elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
-    kernels = dict(col_y=y, col_y_eval=y_eval, col_dx=dx, col_dx_eval=eval_dx) | ({"col_sums": sums} if sums else {})
+    eval_dx = (elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
+               if p.eval_dx is not None else None)  # only where the spec keeps running statistics
+    kernels = dict(col_y=y, col_y_eval=y_eval, col_dx=dx) | ({"col_dx_eval": eval_dx} if eval_dx else {})
+    kernels |= {"col_sums": sums} if sums else {}
     kernels |= {f"col_sum_{s['name']}": s for s in steps if s["reduce"]}
     # the names each function reads: its template leaves out M and marks unused parameters where they are not read
     uses = {name: reads(k["loads"], k["codes"]) for name, k in kernels.items()}
@@ -280,8 +285,9 @@ def _column_statements(lw: Lowering) -> dict:
                             y["wrapper"]),
         forward_eval=reads(y_eval["wrapper"]),
         backward=reads(sums["wrapper"], sums["totals"], dx["wrapper"]) if sums else reads(dx["wrapper"]),
-        backward_eval=reads(eval_dx["wrapper"]),
     )
+    if eval_dx is not None:
+        uses["backward_eval"] = reads(eval_dx["wrapper"])
     return dict(
         uses={name: sorted(found) for name, found in uses.items()},
         outer=repr(col.outer), reduced=repr(col.reduced), param_over_c=col.param_over_c,

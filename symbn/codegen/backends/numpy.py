@@ -54,8 +54,9 @@ class _NumpyBodies:
         forward = self.forward()
         bodies = dict(forward=forward,
                       forward_eval=self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats),
-                      backward=self.backward(p.sums, p.dx, p.param_sums, p.saved),
-                      backward_eval=self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats))
+                      backward=self.backward(p.sums, p.dx, p.param_sums, p.saved))
+        if p.eval_dx is not None:  # an eval backward of its own only where the spec keeps running statistics
+            bodies["backward_eval"] = self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats)
         # the names each function body reads: its template leaves out M and marks eps unused where they are not
         uses = {name: sorted(reads(lines)) for name, lines in bodies.items()}
         return dict(whole=self.whole, first="x0 = _first(xb)" in forward, uses=uses, **bodies)
