@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 #: Whole tensors a pass must at least move, in units of E*s (E elements of s bytes): forward and inference read x
-#: and write y; backward reads x and dy and writes dx; forward+backward does both.
-TENSORS_MOVED = {"forward": 2, "backward": 3, "forward+backward": 5, "inference": 2}
+#: and write y; backward reads x and dy and writes dx; forward+backward does both; double-backward reads x, dy and
+#: ggx and writes gdy and gx.
+TENSORS_MOVED = {"forward": 2, "backward": 3, "forward+backward": 5, "inference": 2, "double-backward": 5}
 
 
 def min_bytes(pass_name: str, elements: int, itemsize: int) -> int:

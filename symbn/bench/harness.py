@@ -1,6 +1,8 @@
 """``symbn bench``: symbn's kernels next to the NumPy people write and PyTorch's CPU kernels, in one process.
 
-Per case, dtype and pass (forward-train, backward, forward+backward, inference) it times, side by side:
+Per case, dtype and pass (forward-train, backward, forward+backward, inference, and the second order,
+double-backward: the gradients of sum(ggx*dx) + ... with respect to dy, x and gamma, given the backward's statistics)
+it times, side by side (the naive NumPy formula has no second order):
 
 - ``naive-numpy``: the textbook staged normalization (one array per step, see :class:`Staged`), written here by hand
   as the reference of what people write;
@@ -33,7 +35,7 @@ from symbn.codegen.stamp import recorded_hash
 from symbn.codegen.store import cache_dir, load
 from symbn.core.spec import CENTRED, LAYOUTS, PRESETS, RMS, Spec, preset
 
-PASSES = ("forward", "backward", "forward+backward", "inference")
+PASSES = ("forward", "backward", "forward+backward", "inference", "double-backward")
 IMPLS = ("naive-numpy", "symbn-numpy", "symbn-numba", "symbn-numba-out", "torch")
 DTYPES = ("float32", "float64")
 
@@ -227,9 +229,12 @@ def module_calls(data, module, reuse=False):
         return module.backward(dy, x, *gamma, *s, out=dx_out)
 
     # eval mode: from the running statistics, or where there are none, the training computation itself
+    upstream = [data["ggx"]] + [data["gg" + p] for p in parameter_names(module)]
+    pair = (np.empty_like(x), np.empty_like(x)) if reuse else None
     return {"forward": lambda: module.forward_train(x, *params, **running, out=y_out),
             "backward": lambda: module.backward(dy, x, *gamma, *saved, out=dx_out), "forward+backward": fwd_bwd,
-            "inference": lambda: module.forward_eval(x, *params, **running, out=y_out)}, \
+            "inference": lambda: module.forward_eval(x, *params, **running, out=y_out),
+            "double-backward": lambda: module.double_backward(*upstream, dy, x, *gamma, *saved, out=pair)}, \
         lambda out: out if isinstance(out, np.ndarray) else out[0]
 
 
@@ -240,7 +245,8 @@ def torch_calls(spec, data, torch):
     channel = LAYOUTS[spec.layout].channel
     leaf = torch.from_numpy(data["x"]).requires_grad_()
     x = leaf.movedim(channel, 1)
-    dy = torch.from_numpy(data["dy"]).movedim(channel, 1)
+    dy_leaf = torch.from_numpy(data["dy"]).requires_grad_()  # a leaf: the second order differentiates by dy
+    dy = dy_leaf.movedim(channel, 1)
     params = [torch.from_numpy(data[p]).requires_grad_() for p in ("gamma", "beta") if p in data]
     gamma, beta = (params + [None, None])[:2]
     running = [torch.from_numpy(r) for r in data["running"]]
@@ -266,6 +272,13 @@ def torch_calls(spec, data, torch):
         return None
     inputs = [leaf] + params
     y = f(True)
+    # the second order: the backward as a graph (create_graph), the penalty sum(ggx*dx) + ..., built once; the pass
+    # timed is its gradient with respect to dy, x and gamma
+    grads = torch.autograd.grad(f(True), inputs, dy, create_graph=True)
+    upstream = [torch.from_numpy(data["ggx"])] + [torch.from_numpy(data["gg" + p]) for p in ("gamma", "beta")
+                                                  if p in data]
+    penalty = sum((u * g).sum() for u, g in zip(upstream, grads))
+    wrt = [dy_leaf, leaf] + params[:1]
 
     def inference():
         with torch.no_grad():
@@ -274,7 +287,8 @@ def torch_calls(spec, data, torch):
     calls = {"forward": lambda: f(True),
              "backward": lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True),
              "forward+backward": lambda: torch.autograd.grad(f(True), inputs, dy),
-             "inference": inference}
+             "inference": inference,
+             "double-backward": lambda: torch.autograd.grad(penalty, wrt, retain_graph=True)}
 
     def primary(out):
         return (out[0] if isinstance(out, tuple) else out.movedim(1, channel)).detach().numpy()
@@ -307,6 +321,8 @@ def make_data(spec: Spec, shape, dtype, module, seed: int = 0) -> dict:
     pshape = tuple(shape[a] for a in spec.param_axes)
     for p in parameter_names(module):
         data[p] = (rng.standard_normal(pshape) * 0.5 + (1.0 if p == "gamma" else 0.0)).astype(dtype)
+        data["gg" + p] = rng.standard_normal(pshape).astype(dtype)  # the second order's upstream gradients
+    data["ggx"] = rng.standard_normal(shape, dtype=dtype)
     _, *saved = module.forward_train(data["x"], *[data[p] for p in parameter_names(module)])
     data["running"] = _running_like(module.RUNNING, saved[0], dtype)
     return data
@@ -366,8 +382,9 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
     elements, itemsize = int(np.prod(shape)), np.dtype(dtype).itemsize
     rows = []
     for pass_name in PASSES:
-        first, times, outs = {}, {name: [] for name in impls}, {}
-        for name, (calls, primary) in impls.items():
+        present = {name: impl for name, impl in impls.items() if pass_name in impl[0]}
+        first, times, outs = {}, {name: [] for name in present}, {}
+        for name, (calls, primary) in present.items():
             first[name], out = _timed(calls[pass_name])
             outs[name] = primary(out)
             if pass_name == "forward":
@@ -375,18 +392,19 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
         gc.disable()  # as timeit does: no collector pause inside a timing (arrays are freed by reference counts)
         try:
             for _ in range(repeat):
-                for name, (calls, _) in impls.items():
+                for name, (calls, _) in present.items():
                     cold()
                     times[name].append(_timed(calls[pass_name])[0])
         finally:
             gc.enable()
         nbytes = bandwidth.min_bytes(pass_name, elements, itemsize)
+        reference = "naive-numpy" if "naive-numpy" in outs else "symbn-numpy"
         for name, ts in times.items():
             row = {"case": case.name, "spec": spec.name, "shape": list(shape), "dtype": dtype, "pass": pass_name,
                    "impl": name, "module": _provenance(modules.get(name.removesuffix("-out"))),
                    "first_call_s": first[name],
                    "times_s": ts, "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-                   "min_bytes": nbytes, "max_rel_diff_vs_naive": _rel_diff(outs[name], outs["naive-numpy"])}
+                   "min_bytes": nbytes, "max_rel_diff_vs_naive": _rel_diff(outs[name], outs[reference])}
             row["gbps"] = nbytes / row["median_s"] / 1e9
             row["fraction_of_bound"] = row["gbps"] / bound
             if "torch" in times:

@@ -137,9 +137,17 @@ def _double(p, running: bool) -> dict:
 
     def mode(name: str, given: tuple) -> dict:
         so = derive_second(d, name)
-        stats = [s for s in given if s in so.statistics]
-        if len(stats) < len(so.statistics):  # the kernels hand on only these statistics
-            raise ValueError(f"{p.spec.name}: the second order reads {so.statistics}, not all among {given}")
+        out = {s.name: e for s, e in so.compact}
+        used = set().union(*(e.free_symbols for e in [e.args[0] for _, e in so.reductions] + list(out.values())))
+        coordinates = []
+        for c, e in reversed(so.coordinates):  # those the sums and outputs read, and what they read in turn
+            if c in used:
+                coordinates.insert(0, (c, e))
+                used |= e.free_symbols
+        stats = [s for s in given if s in used]
+        missing = set(so.statistics) & used - set(stats) - {c for c, _ in coordinates}
+        if missing:  # the kernels hand on only the statistics in *given*
+            raise ValueError(f"{p.spec.name}: the second order reads {sorted(map(str, missing))}, not among {given}")
         sums = [s for s, _ in so.reductions]
         names = chunk | {s: f"{s.name}_c" for s in stats + sums}
 
@@ -151,12 +159,11 @@ def _double(p, running: bool) -> dict:
             level[s] = 1 + max((level[t] for t in e.args[0].free_symbols if t in level), default=-1)
         passes = [[(s.name, code(e.args[0])) for s, e in so.reductions if level[s] == k]
                   for k in range(max(level.values(), default=-1) + 1)]
-        out = {s.name: e for s, e in so.compact}
         pieces = dict(gdy=code(out["gdy"]), gx=code(out["gx"]),
                       ggamma=code(out["ggamma"].args[0]) if "ggamma" in out else None)
         return dict(stats=[s.name for s in stats], sums=[s.name for s in sums], passes=passes,
-                    coordinates=[(c.name, code(e)) for c, e in so.coordinates], **pieces,
-                    uses=sorted(reads(passes, list(pieces.values()), [code(e) for _, e in so.coordinates])))
+                    coordinates=[(c.name, code(e)) for c, e in coordinates], **pieces,
+                    uses=sorted(reads(passes, list(pieces.values()), [code(e) for _, e in coordinates])))
 
     return dict(train=mode("train", p.saved), eval=mode("eval", p.eval_stats) if running else None)
 
