@@ -80,8 +80,10 @@ def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
     assert result["bandwidth"]["bound_gbps"] > 0
     impls = set(bench.IMPLS) if have("torch") else set(bench.IMPLS) - {"torch"}
     rows = result["results"]
+    # every pass of every implementation, except the second order of the naive formula, which has none
     assert {(r["case"], r["dtype"], r["pass"], r["impl"]) for r in rows} == {
-        (c.name, d, p, i) for c in bench.CASES for d in bench.DTYPES for p in bench.PASSES for i in impls}
+        (c.name, d, p, i) for c in bench.CASES for d in bench.DTYPES for p in bench.PASSES for i in impls
+        if (p, i) != ("double-backward", "naive-numpy")}
     for r in rows:
         assert r["min_s"] <= r["median_s"] <= r["max_s"] and len(r["times_s"]) == 1
         assert r["gbps"] > 0 and r["fraction_of_bound"] > 0 and r["first_call_s"] > 0
@@ -118,7 +120,8 @@ def test_every_timed_run_starts_after_a_cache_flush():
     rows = bench.measure_case(bench.CASES[0], "float64", repeat=2, smoke=True, bound=1.0, torch=None,
                               cold=lambda: calls.append(1))
     timed = sum(len(row["times_s"]) for row in rows)
-    assert timed == 2 * len(bench.PASSES) * 4 and len(calls) == timed  # four implementations without torch
+    # four implementations without torch, three for the second order (the naive formula has none)
+    assert timed == 2 * (4 * len(bench.PASSES) - 1) and len(calls) == timed
 
 
 @pytest.mark.parametrize("text, size", [("32768K", 32 * 2**20), ("1M", 2**20), ("512", 512), ("1G\n", 2**30)])
