@@ -14,7 +14,7 @@ from symbn.codegen.plan import plan
 from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.key import BACKENDS, DTYPES, input_digest, module_name
 from symbn.core.derive import DX, derive
-from symbn.core.second import derive_second
+from symbn.core.second import second_orders
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
 from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, X
@@ -34,7 +34,8 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
         raise ValueError(f"dtype: expected some of {', '.join(DTYPES)}; got {', '.join(map(str, dtypes)) or 'none'}")
     digest = digest or input_digest(spec, backend, dtypes)
     module_id = f"{module_name(spec, backend, dtypes)}_{digest}"
-    ctx = _context(lower(plan(derive(spec))), backend, command)
+    d = derive(spec)
+    ctx = _context(lower(plan(d, second_orders(d))), backend, command)
     ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
     ctx["digest"], ctx["module_id"] = digest, module_id
     ctx["dtype_text"] = " or ".join(dtypes)
@@ -99,7 +100,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     ctx["split"] = _split(lw)
-    ctx["double"] = _double(p, bool(running))
+    ctx["double"] = _double(p)
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
     else:
@@ -126,17 +127,15 @@ def _split(lw: Lowering) -> dict | None:
     return dict(degree=lw.shares.degree, stats=stats, coordinates=coordinates, join=join,
                 sums=[(s.name, code(e)) for s, e in p.sums], rest=[(s.name, code(e)) for s, e in lw.rest],
                 taken=[(g.name, s.name) for g, s in lw.taken], dx=code(p.dx),
-                uses=sorted(reads(backward + [("dx", code(p.dx))])))
+                uses=sorted(reads(backward + [("dx", code(p.dx))])), partial_uses=sorted(reads(backward)))
 
 
-def _double(p, running: bool) -> dict:
+def _double(p) -> dict:
     """The second order (symbn.core.second) in float64 NumPy over chunks of rows: per mode, the statistics it reads,
     its named sums in passes (a sum that reads another waits for the pass after it), and gdy, gx, ggamma."""
-    d = p.derivation
     chunk = {X: "xc", DY: "dyc", GGX: "ggxc", GAMMA: "gamma_c", GGGAMMA: "gggamma_c", GGBETA: "ggbeta_c"}
 
-    def mode(name: str, given: tuple) -> dict:
-        so = derive_second(d, name)
+    def mode(so, given: tuple) -> dict:
         out = {s.name: e for s, e in so.compact}
         used = set().union(*(e.free_symbols for e in [e.args[0] for _, e in so.reductions] + list(out.values())))
         coordinates = []
@@ -165,7 +164,8 @@ def _double(p, running: bool) -> dict:
                     coordinates=[(c.name, code(e)) for c, e in coordinates], **pieces,
                     uses=sorted(reads(passes, list(pieces.values()), [code(e) for _, e in coordinates])))
 
-    return dict(train=mode("train", p.saved), eval=mode("eval", p.eval_stats) if running else None)
+    train, evaluation = p.second
+    return dict(train=mode(train, p.saved), eval=mode(evaluation, p.eval_stats) if evaluation else None)
 
 
 def _blocks_text(p, names: list[str], keep) -> str:

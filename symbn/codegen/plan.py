@@ -66,6 +66,7 @@ class Plan:
     description: tuple[str, ...]  # the spec in words (symbn.core.describe)
     axis_names: tuple[str, ...]
     set_size_text: str  # M in the sizes of the axes, e.g. N*H*W
+    second: tuple  # the double backward, training and eval mode (None without running statistics): core.second
 
     @property
     def spec(self):
@@ -91,7 +92,9 @@ def blocks(spec) -> tuple[Block, ...]:
     return tuple(merged)
 
 
-def plan(d: Derivation) -> Plan:
+def plan(d: Derivation, second: tuple = (None, None)) -> Plan:
+    """The plan of *d*'s kernels; *second*: its double backward (symbn.core.second.second_orders), derived beside it
+    before planning, so that no later stage goes back into symbn.core."""
     g = d.graph
     order = [n.symbol for n in g.nodes]
     stat_symbols = {n.symbol for n in g.nodes if n.kind != ELEM}
@@ -144,6 +147,7 @@ def plan(d: Derivation) -> Plan:
         description=tuple(describe_spec(d.spec)),
         axis_names=tuple(axis_names(d.spec)),
         set_size_text=set_size_text(d.spec),
+        second=tuple(second),
     )
 
 

@@ -113,7 +113,11 @@ def derive_second(what: Spec | Derivation, mode: str = "train") -> SecondOrder:
         raise ValueError(f"mode: got {mode!r}; expected one of {MODES}")
     d = what if isinstance(what, Derivation) else derive(what)  # derive() refuses anything but a Spec
     spec = d.spec
-    key = (spec.tree, spec.expression, spec.center, spec.scale, spec.ddof, spec.param_varies, spec.running)
+    if mode == "eval" and not d.eval_mode:
+        raise ValueError(f"mode: got 'eval'; expected 'train': {spec.name} keeps no running statistics (its statistics "
+                         "do not span the batch axis), so its eval mode is its training computation")
+    key = (spec.tree, spec.expression, spec.center, spec.scale, spec.ddof, spec.param_varies, spec.running,
+           bool(d.eval_mode))
     return SecondOrder(d, mode, **_second(d, key, mode))
 
 
@@ -575,3 +579,8 @@ def _equal(a: sympy.Expr, b: sympy.Expr, where: str) -> float:
 
 def prove_second_all(so: SecondOrder, sizes: Sequence[int] = (2, 3, 4), seed: int = 0) -> list[Proof]:
     return [prove_second(so, m, seed + m) for m in sizes]
+
+
+def second_orders(d: Derivation) -> tuple[SecondOrder, SecondOrder | None]:
+    """The training double backward and, where the spec keeps running statistics, the eval-mode one."""
+    return derive_second(d), derive_second(d, "eval") if d.running else None
