@@ -15,6 +15,7 @@ import pytest
 
 import symbn
 from symbn.codegen import store
+from symbn.codegen.key import input_digest, module_name
 
 STAGES = {
     "symbn.codegen.key": "key", "symbn.core.graph": "derive", "symbn.core.derive": "derive",
@@ -53,4 +54,7 @@ def stages_entered(spec, backend) -> list[str]:
 @pytest.mark.parametrize("spec", [symbn.preset("batch", "NCHW"), symbn.preset("layer", "NC")], ids=lambda s: s.name)
 def test_load_crosses_each_stage_once_in_order(spec, backend, tmp_path, monkeypatch):
     monkeypatch.setenv("SYMBN_CACHE", str(tmp_path))  # an empty cache: the module is generated
+    # and not imported already by another test (symbn.load hands back a module this process has)
+    monkeypatch.delitem(sys.modules, f"symbn_cache_{module_name(spec, backend)}_{input_digest(spec, backend)}",
+                        raising=False)
     assert stages_entered(spec, backend) == ORDER
