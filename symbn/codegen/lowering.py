@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from symbn.codegen.double import DoubleLowering, lower_double
 from symbn.codegen.elementwise import Elementwise
 from symbn.codegen.plan import Plan
 from symbn.codegen.reductions import Moments, Split, gradient_sums, moments, split_sums
@@ -52,6 +53,7 @@ class Lowering:
     param_fixed_inner: bool  # Numba statistic loops: the parameter is fixed over the innermost loop (registers)
     param_buffers: bool  # Numba statistic loops: parameter gradients in per-chunk buffers of the input's dtype
     shares: Shares | None  # split-phase training passes (statistics across processes); None: the spec has none
+    double: tuple[DoubleLowering | None, ...]  # the second order for loop kernels, training and eval mode
     column_accumulators_in_l1: int = COLUMN_ACCUMULATORS_IN_L1
 
 
@@ -80,6 +82,8 @@ def lower(p: Plan) -> Lowering:
         param_fixed_inner=reduced[-1] not in param,
         param_buffers=columns is None and not param_per_stat and bool(p.param_sums) and reduced[-1] in param,
         shares=shares(p),
+        double=tuple(lower_double(p, so, given) if so is not None else None
+                     for so, given in zip(p.second, (p.saved, p.eval_stats))),
     )
 
 

@@ -7,6 +7,7 @@ import sympy
 from symbn import escape
 from symbn.codegen import stamp
 from symbn.codegen.backends import numba as numba_backend
+from symbn.codegen.backends import numba_double
 from symbn.codegen.backends import numpy as numpy_backend
 from symbn.codegen.elementwise import used
 from symbn.codegen.lowering import Lowering, lower
@@ -105,6 +106,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         ctx["np"] = numpy_backend.statements(lw)
     else:
         ctx["nb"] = numba_backend.statements(lw)
+        ctx["nbd"] = numba_double.double(lw)
     return ctx
 
 

@@ -138,7 +138,7 @@ def dx_loop(lw: Lowering) -> DxLoop:
         column, array, params = True, "x3", None
     else:
         n = len(p.blocks)
-        sc = _Scalar(p, ", ".join(f"i{i}" for i in range(n)), _flat([i for i in range(n) if p.blocks[i].param]))
+        sc = _Scalar(p, ", ".join(f"i{i}" for i in range(n)), flat_index([i for i in range(n) if p.blocks[i].param]))
         exprs = [p.dx] + ([] if lw.param_per_stat else [e for _, e in p.param_sums])
         column, array, params = False, "xb", {}
     passes = []
@@ -207,11 +207,11 @@ def statements(lw: Lowering) -> dict:
         math="math" in set().union(*uses.values()),
         sizes=", ".join(f"n{i}" for i in all_) + ("," if len(all_) == 1 else ""),
         count=" * ".join(f"n{i}" for i in reduced),
-        stats=_space(kept, reduced, "k"), elem=elem, param_flat=_flat(param), param_per_stat=lw.param_per_stat,
+        stats=loop_space(kept, reduced, "k"), elem=elem, param_flat=flat_index(param), param_per_stat=lw.param_per_stat,
         # maps with nothing to reduce walk rows (every block but the innermost) and find each row's statistic; where
         # the innermost block is kept a row would hold many statistics, so they walk statistic by statistic
-        rows=(dict(_space(all_[:-1], all_[-1:], "r"), stat=_flat(kept)) if blocks[-1].reduced
-              else dict(_space(kept, reduced, "r"), stat="r")),
+        rows=(dict(loop_space(all_[:-1], all_[-1:], "r"), stat=flat_index(kept)) if blocks[-1].reduced
+              else dict(loop_space(kept, reduced, "r"), stat="r")),
         param_fixed_inner=lw.param_fixed_inner, moments=moments, first_elem=first_elem, train_steps=train_steps,
         y=y, y_eval=y_eval, sums=sums, sum_loads=sum_loads, split=split, dx=dx,
         param_count=len(p.param_sums), stat_param_codes=sum_codes[len(p.sums):],
@@ -301,7 +301,7 @@ def _column_part(ps: _NumbaPass) -> dict:
     return dict(stats=ps.arrays, loads=ps.loads, codes=ps.codes, wrapper=ps.wrapper)
 
 
-def _flat(indices: list[int]) -> str:
+def flat_index(indices: list[int]) -> str:
     """The flat (C-order) index of the given blocks, e.g. i0 * n2 + i2."""
     if not indices:
         return "0"
@@ -311,7 +311,7 @@ def _flat(indices: list[int]) -> str:
     return " + ".join(terms)
 
 
-def _space(outer: list[int], inner: list[int], var: str) -> dict:
+def loop_space(outer: list[int], inner: list[int], var: str) -> dict:
     """A parallel loop over the flattened *outer* blocks (unravelled from *var*) around loops over *inner*."""
     unravel, rest = [], var
     for i in reversed(outer[1:]):
