@@ -8,6 +8,8 @@ from symbn import escape
 from symbn.codegen import stamp
 from symbn.codegen.backends import numba as numba_backend
 from symbn.codegen.backends import numba_double
+from symbn.codegen.double import levels as double_levels
+from symbn.codegen.double import reads as double_reads
 from symbn.codegen.backends import numpy as numpy_backend
 from symbn.codegen.elementwise import used
 from symbn.codegen.lowering import Lowering, lower
@@ -133,33 +135,20 @@ def _split(lw: Lowering) -> dict | None:
 
 
 def _double(p) -> dict:
-    """The second order (symbn.core.second) in float64 NumPy over chunks of rows: per mode, the statistics it reads,
-    its named sums in passes (a sum that reads another waits for the pass after it), and gdy, gx, ggamma."""
+    """The second order (symbn.core.second) for the NumPy backend, in float64 over chunks of rows: per mode, the
+    statistics it reads, its named sums pass by pass (symbn.codegen.double), and gdy, gx, ggamma."""
     chunk = {X: "xc", DY: "dyc", GGX: "ggxc", GAMMA: "gamma_c", GGGAMMA: "gggamma_c", GGBETA: "ggbeta_c"}
 
     def mode(so, given: tuple) -> dict:
         out = {s.name: e for s, e in so.compact}
-        used = set().union(*(e.free_symbols for e in [e.args[0] for _, e in so.reductions] + list(out.values())))
-        coordinates = []
-        for c, e in reversed(so.coordinates):  # those the sums and outputs read, and what they read in turn
-            if c in used:
-                coordinates.insert(0, (c, e))
-                used |= e.free_symbols
-        stats = [s for s in given if s in used]
-        missing = set(so.statistics) & used - set(stats) - {c for c, _ in coordinates}
-        if missing:  # the kernels hand on only the statistics in *given*
-            raise ValueError(f"{p.spec.name}: the second order reads {sorted(map(str, missing))}, not among {given}")
+        coordinates, stats = double_reads(so, given)
         sums = [s for s, _ in so.reductions]
         names = chunk | {s: f"{s.name}_c" for s in stats + sums}
 
         def code(e):
             return numpy_code(e, names)
 
-        level: dict = {}
-        for s, e in so.reductions:
-            level[s] = 1 + max((level[t] for t in e.args[0].free_symbols if t in level), default=-1)
-        passes = [[(s.name, code(e.args[0])) for s, e in so.reductions if level[s] == k]
-                  for k in range(max(level.values(), default=-1) + 1)]
+        passes = [[(s.name, code(e)) for s, e in level] for level in double_levels(so)]
         pieces = dict(gdy=code(out["gdy"]), gx=code(out["gx"]),
                       ggamma=code(out["ggamma"].args[0]) if "ggamma" in out else None)
         return dict(stats=[s.name for s in stats], sums=[s.name for s in sums], passes=passes,
