@@ -4,7 +4,8 @@ Each process holds some rows of the batch. In training, SyncBatchNorm normalizes
 the generated kernels split each pass at its reductions (partial_forward / finish_forward, partial_backward /
 finish_backward) and one Allreduce of one float64 buffer per pass joins the shares: forward, the count and per
 channel the mean and the central sums (joined by the kernels' exact pairwise formula, an MPI operation here);
-backward, the count and the backward's sums (MPI.SUM). Parameter gradients come out global on every process. A
+backward, the count and the backward's sums (MPI.SUM); the double backward likewise, its own sums (partial_double /
+finish_double). Parameter gradients come out global on every process. A
 process with no rows takes part; a global count of one value per channel is refused on every process alike, so no
 process waits for another that has given up.
 
@@ -89,8 +90,10 @@ class SyncBatchNorm(BatchNorm):
         return self.kernels.finish_backward(dy, xv, gamma, *saved, total, eps=self.eps)
 
     def _train_double(self, upstream, dy, xv, gamma, saved):
-        raise NotImplementedError("SyncBatchNorm.double_backward: the second order across processes needs its sums "
-                                  "joined like the first order's; not implemented (BatchNorm has it in one process)")
+        share = self.kernels.partial_double(*upstream, dy, xv, gamma, *saved, eps=self.eps)
+        total = np.empty_like(share)
+        self.comm.Allreduce(share, total, op=mpi().SUM)
+        return self.kernels.finish_double(*upstream, dy, xv, gamma, *saved, total, eps=self.eps)
 
     def __repr__(self) -> str:
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} processes"

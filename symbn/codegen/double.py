@@ -39,6 +39,7 @@ class DoubleLowering:
     stats: tuple[sympy.Symbol, ...]  # the statistics the wrapper is given, in order
     params_in_elements: bool  # the parameters vary within a set (layer, group, RMS norm): read per element
     levels: tuple[tuple[tuple[sympy.Symbol, ...], Loop], ...]  # the named sums pass by pass, and their loop
+    summands: tuple[tuple[tuple[sympy.Symbol, sympy.Expr], ...], ...]  # the same sums, (name, summand) as derived
     out: Loop  # gdy, gx and, where ggamma_stat is None and the spec has gamma, ggamma's summand
     ggamma_stat: sympy.Expr | None  # ggamma's share of each statistic from sums (parameters fixed over a set)
     has_ggamma: bool
@@ -87,6 +88,7 @@ def lower_double(p: Plan, so, given: tuple) -> DoubleLowering:
         mode=so.mode, stats=tuple(stats), params_in_elements=inside,
         levels=tuple((tuple(s for s, _ in sums), _loop([e for _, e in sums], coordinates, elements, f"q{k}_"))
                      for k, sums in enumerate(passes)),
+        summands=tuple(tuple(sums) for sums in passes),
         out=_loop(pieces, coordinates, elements, "k"), ggamma_stat=ggamma_stat, has_ggamma=summand is not None)
 
 

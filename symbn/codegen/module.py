@@ -20,7 +20,7 @@ from symbn.core.derive import DX, derive
 from symbn.core.second import second_orders
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
-from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, X
+from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, M, X
 from symbn.templating import render
 from symbn.version import __version__
 
@@ -103,7 +103,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     ctx["split"] = _split(lw)
-    ctx["double"] = _double(p)
+    ctx["double"] = _double(lw, split=ctx["split"] is not None)
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
     else:
@@ -134,9 +134,12 @@ def _split(lw: Lowering) -> dict | None:
                 uses=sorted(reads(backward + [("dx", code(p.dx))])), partial_uses=sorted(reads(backward)))
 
 
-def _double(p) -> dict:
+def _double(lw: Lowering, split: bool) -> dict:
     """The second order (symbn.core.second) for the NumPy backend, in float64 over chunks of rows: per mode, the
-    statistics it reads, its named sums pass by pass (symbn.codegen.double), and gdy, gx, ggamma."""
+    statistics it reads, its named sums pass by pass (symbn.codegen.double), and gdy, gx, ggamma. Where the module has
+    split-phase pieces, the training mode's split too: one pass of sums (a share that adds up across processes), and
+    ggamma from those sums, so that it is global on every process without a second exchange."""
+    p = lw.plan
     chunk = {X: "xc", DY: "dyc", GGX: "ggxc", GAMMA: "gamma_c", GGGAMMA: "gggamma_c", GGBETA: "ggbeta_c"}
 
     def mode(so, given: tuple) -> dict:
@@ -156,7 +159,37 @@ def _double(p) -> dict:
                     uses=sorted(reads(passes, list(pieces.values()), [code(e) for _, e in coordinates])))
 
     train, evaluation = p.second
-    return dict(train=mode(train, p.saved), eval=mode(evaluation, p.eval_stats) if evaluation else None)
+    ctx = dict(train=mode(train, p.saved), eval=mode(evaluation, p.eval_stats) if evaluation else None, split=None)
+    low = lw.double[0]
+    if split and low and len(low.summands) == 1 and (low.ggamma_stat is not None or not low.has_ggamma):
+        (share,) = low.summands
+        if not any(e.has(M) for _, e in share):  # a share knows its own rows' count, not the global one
+            names = chunk | {s: f"{s.name}_c" for s in low.stats}
+            sums = [(s.name, numpy_code(e, names)) for s, e in share]
+            train = ctx["train"]
+            partial = _chunk_lines(sums, train["coordinates"])
+            finish = _chunk_lines([train["gdy"], train["gx"]], train["coordinates"])
+            ggamma = numpy_code(low.ggamma_stat, {}) if low.ggamma_stat is not None else None
+            ctx["split"] = dict(names=[s.name for s, _ in share], sums=sums, ggamma=ggamma, partial_lines=partial,
+                                finish_lines=finish, partial_uses=sorted(reads(sums, partial)),
+                                finish_uses=sorted(reads(finish, train["gdy"], train["gx"], ggamma or "")))
+    return ctx
+
+
+def _chunk_lines(codes, coordinates) -> list[str]:
+    """What a chunk of rows sets up for *codes* (float64 NumPy in the names module._double prints): its share of x,
+    dy, ggx, the parameters, statistics and sums (each *_c name the codes read), and the coordinates they read."""
+    needed = reads(codes)
+    kept = []
+    for name, code in reversed(coordinates):
+        if name in needed:
+            kept.insert(0, (name, code))
+            needed |= reads(code)
+    loads = [f"{a}c = {a}b[sl].astype(np.float64)" for a in ("x", "dy", "ggx") if f"{a}c" in needed]
+    loads += [f"{a}_c = _rows({a}, sl)" for a in ("gamma", "gggamma", "ggbeta") if f"{a}_c" in needed]
+    loads += [f"{n[:-2]}_c = _rows({n[:-2]}, sl)" for n in sorted(needed) if n.endswith("_c") and n[:-2] not in
+              ("gamma", "gggamma", "ggbeta")]
+    return loads + [f"{name} = {code}" for name, code in kept]
 
 
 def _blocks_text(p, names: list[str], keep) -> str:

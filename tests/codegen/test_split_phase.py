@@ -103,6 +103,32 @@ def test_float32_rows_give_float32_outputs_close_to_the_one_pass_kernel():
     assert rel_err(np.concatenate(ys), y) < 1e-5
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", SPECS)
+def test_double_backward_shares_give_the_whole_batch(name, backend):
+    """partial_double on uneven parts (one empty, one of a single row), shares added, finish_double on each part:
+    gdy and gx of each part's rows and ggamma of all rows equal double_backward on the whole batch."""
+    m = module(name, backend)
+    x, dy, (gamma, beta) = batch(m)
+    params = (gamma, beta) if takes_beta(m) else (gamma,)
+    _, *saved = m.forward_train(x, *params)
+    rng = np.random.default_rng(2)
+    ggx = rng.normal(size=x.shape)
+    upstream = [rng.normal(size=gamma.shape) for _ in params]  # gggamma, and ggbeta where there is beta
+    want = m.double_backward(ggx, *upstream, dy, x, gamma, *saved)
+    share = functools.reduce(m.add_shares, [m.partial_double(g, *upstream, d, p, gamma, *saved)
+                                            for g, d, p in zip(parts(ggx), parts(dy), parts(x))])
+    got = [m.finish_double(g, *upstream, d, p, gamma, *saved, share) for g, d, p in zip(parts(ggx), parts(dy), parts(x))]
+    assert rel_err(np.concatenate([g[0] for g in got]), want[0]) < 1e-11
+    assert rel_err(np.concatenate([g[1] for g in got]), want[1]) < 1e-11
+    for g in got:
+        assert rel_err(g[2], want[2]) < 1e-11
+    # None upstream gradients are zeros, as in double_backward
+    none = m.finish_double(None, *[None] * len(upstream), dy, x, gamma, *saved,
+                           m.partial_double(None, *[None] * len(upstream), dy, x, gamma, *saved))
+    assert all(np.all(a == 0) for a in none)
+
+
 def test_only_specs_whose_statistics_span_the_batch_axis_split():
     assert hasattr(module("batch_nc", "numpy"), "partial_forward")
     assert not hasattr(symbn.load(symbn.preset("layer", "NC"), "numpy"), "partial_forward")
@@ -135,6 +161,13 @@ def test_bad_shares_are_refused_by_name_and_change_nothing(backend):
     y, mu, istd = m.forward_train(x, gamma, beta)
     with pytest.raises(ValueError, match="share: expected a share of shape"):
         m.finish_backward(dy, x, gamma, mu, istd, m.partial_backward(dy, x, gamma, mu, istd)[:-1])
+    share = m.partial_double(dy, None, None, dy, x, gamma, mu, istd)
+    out = (np.full_like(x, 7.0), np.full_like(x, 7.0))
+    with pytest.raises(ValueError, match=r"share: expected a share of shape \(26,\)"):
+        m.finish_double(dy, None, None, dy, x, gamma, mu, istd, share[:-1], out=out)
+    with pytest.raises(ValueError, match="out: expected two arrays of their own"):
+        m.finish_double(dy, None, None, dy, x, gamma, mu, istd, share, out=(out[0], out[0]))
+    assert all(np.all(o == 7.0) for o in out)
 
 
 @pytest.mark.parametrize("name", SPECS)

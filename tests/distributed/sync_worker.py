@@ -1,5 +1,5 @@
 """Run under mpiexec by test_sync_batchnorm.py: SyncBatchNorm on uneven shares of a batch against BatchNorm on the
-whole batch, in one process each. Writes what rank 0 gathered as JSON to the path in argv[1]."""
+whole batch, in one process each: forward, backward and the double backward. Writes what rank 0 gathered as JSON to the path in argv[1]."""
 
 import json
 import sys
@@ -30,7 +30,7 @@ for layout, tail in SHAPES.items():
     for layer in (sync, whole):
         layer.gamma[...] = np.linspace(0.5, 1.5, channels)
         layer.beta[...] = np.linspace(-1, 1, channels)
-    worst = dict(y=0.0, dx=0.0, dgamma=0.0, dbeta=0.0, running_mean=0.0, running_var=0.0)
+    worst = dict(y=0.0, dx=0.0, dgamma=0.0, dbeta=0.0, running_mean=0.0, running_var=0.0, gdy=0.0, gx=0.0, ggamma=0.0)
     for step in range(3):
         x = rng.normal(50.0, 3.0, (sum(ROWS),) + tail)  # a large mean: plain sums of powers would lose digits
         dy = rng.normal(size=x.shape)
@@ -41,6 +41,14 @@ for layout, tail in SHAPES.items():
             worst["dx"] = max(worst["dx"], rel(dx, dx_all[first:last]))
         for name in ("dgamma", "dbeta"):
             worst[name] = max(worst[name], rel(getattr(sync, name), getattr(whole, name)))
+        # the second order: gdy and gx of this rank's rows, ggamma of all rows
+        ggx, gggamma, ggbeta = rng.normal(size=x.shape), rng.normal(size=channels), rng.normal(size=channels)
+        gdy_all, gx_all, ggamma_all = whole.double_backward(ggx, gggamma, ggbeta)
+        gdy, gx, ggamma = sync.double_backward(ggx[first:last], gggamma, ggbeta)
+        if last > first:
+            worst["gdy"] = max(worst["gdy"], rel(gdy, gdy_all[first:last]))
+            worst["gx"] = max(worst["gx"], rel(gx, gx_all[first:last]))
+        worst["ggamma"] = max(worst["ggamma"], rel(ggamma, ggamma_all))
         for name in ("running_mean", "running_var"):
             worst[name] = max(worst[name], rel(getattr(sync, name), getattr(whole, name)))
     state = {k: v.tolist() for k, v in sync.state_dict().items()}

@@ -28,7 +28,8 @@ def run(worker: str, processes: int, tmp_path, *args: str) -> dict:
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("processes", [1, 2, 3, 4])
 def test_sync_batchnorm_equals_batchnorm_on_the_whole_batch(processes, backend, tmp_path):
-    """Uneven shares with a rank of no rows and one of a single row; NC, NCHW, NHWC; three training steps."""
+    """Uneven shares with a rank of no rows and one of a single row; NC, NCHW, NHWC; three training steps, each with
+    forward, backward and double backward."""
     report = run("sync_worker.py", processes, tmp_path, backend)
     for layout in ("NC", "NCHW", "NHWC"):
         worst = report[layout]["worst"]
