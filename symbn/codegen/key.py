@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 
 from symbn.core.spec import Spec
-from symbn.templating import template_source
+from symbn.templating import template_source, templates_dir
 from symbn.version import __version__
 
 DTYPES = ("float32", "float64")
@@ -26,11 +26,16 @@ def module_name(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> s
 def input_digest(spec: Spec, backend: str, dtypes: tuple[str, ...] = DTYPES) -> str:
     """What a generated module depends on: the spec, the templates and the generator's own code (so a cached module
     made by an older generator of the same version is not reused)."""
-    parts = [spec.digest(), backend, ",".join(dtypes), __version__, sympy_version(),
-             template_source("kernels/module.py.j2"), template_source(f"kernels/{backend}.py.j2"),
-             template_source("kernels/split.py.j2"),
-             template_source("kernels/double.py.j2"), _generator_source()]
+    parts = [spec.digest(), backend, ",".join(dtypes), __version__, sympy_version(), *_kernel_templates(),
+             _generator_source()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _kernel_templates() -> tuple[str, ...]:
+    """Every kernel template (name and text), so that one a module includes joins without anyone keeping a list."""
+    folder = templates_dir() / "kernels"
+    return tuple(f"{f.name}\0{template_source('kernels/' + f.name)}" for f in sorted(folder.glob("*.j2")))
 
 
 @functools.cache

@@ -46,6 +46,22 @@ def test_the_input_hash_covers_every_module_the_generator_imports():
     assert (package / "bench/harness.py").read_text() not in source  # not a generator module: editing it changes no hash
 
 
+def test_the_input_hash_covers_every_kernel_template_a_module_includes():
+    """templates/kernels/double_numba.py.j2 was once left out of a hand-kept list: editing it left symbn.load's
+    cached modules looking fresh."""
+    import re
+
+    from symbn.codegen.key import _kernel_templates
+
+    hashed = "\n".join(_kernel_templates())
+    folder = ROOT / "templates" / "kernels"
+    included = {"module.py.j2"} | {name for f in folder.glob("*.j2")
+                                   for name in re.findall(r'include "kernels/([^"]+)"', f.read_text())}
+    included |= {f"{b}.py.j2" for b in ("numpy", "numba")}  # included by name through backend_template
+    for name in sorted(included):
+        assert (folder / name).read_text() in hashed, name
+
+
 def test_generation_is_deterministic_across_hash_seeds():
     script = ("from symbn.codegen import catalogue as catalog; from symbn.codegen.module import module_text; "
               "import sys; sys.stdout.write(''.join(module_text(s, b) for s in catalog.CATALOG[5:8] "
