@@ -18,19 +18,11 @@ from dataclasses import dataclass
 
 import sympy
 
+from symbn.codegen.loops import Loop, loop, polynomial
 from symbn.codegen.plan import Plan
 from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, M, X, psum, sym
 
 ELEMENT_PARAMS = (GAMMA, GGGAMMA, GGBETA)  # per element where the parameters vary within a set
-
-
-@dataclass(frozen=True)
-class Loop:
-    """One pass over the elements of every statistic."""
-
-    coefficients: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # k0, k1, ...: per statistic, computed before the pass
-    coordinates: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # per element, in coefficients and per-element values
-    exprs: tuple[sympy.Expr, ...]  # per element: the summands of the pass's sums, or its outputs
 
 
 @dataclass(frozen=True)
@@ -86,16 +78,16 @@ def lower_double(p: Plan, so, given: tuple) -> DoubleLowering:
     pieces = [outputs["gdy"], outputs["gx"]] + ([summand] if summand is not None and ggamma_stat is None else [])
     return DoubleLowering(
         mode=so.mode, stats=tuple(stats), params_in_elements=inside,
-        levels=tuple((tuple(s for s, _ in sums), _loop([e for _, e in sums], coordinates, elements, f"q{k}_"))
+        levels=tuple((tuple(s for s, _ in sums), loop([e for _, e in sums], coordinates, elements, f"q{k}_"))
                      for k, sums in enumerate(passes)),
         summands=tuple(tuple(sums) for sums in passes),
-        out=_loop(pieces, coordinates, elements, "k"), ggamma_stat=ggamma_stat, has_ggamma=summand is not None)
+        out=loop(pieces, coordinates, elements, "k"), ggamma_stat=ggamma_stat, has_ggamma=summand is not None)
 
 
 def _from_sums(summand: sympy.Expr, elements: set, passes: list) -> sympy.Expr | None:
     """sum(summand) over a set as a combination of named sums (a new one for a monomial no sum has yet, added to the
     first pass), or None where the summand is not a polynomial in the per-element values."""
-    terms = _polynomial(summand, elements)
+    terms = polynomial(summand, elements)
     if terms is None:
         return None
     named = {sympy.expand(e): s for level in passes for s, e in level}
@@ -112,58 +104,3 @@ def _from_sums(summand: sympy.Expr, elements: set, passes: list) -> sympy.Expr |
             passes[0].append((name, monomial))
         total += coefficient * name
     return total
-
-
-def _polynomial(e: sympy.Expr, elements: set) -> list[tuple[sympy.Expr, sympy.Expr]] | None:
-    """(monomial, coefficient) pairs of *e* in the per-element values it reads, coefficients free of them; None where
-    *e* is not a polynomial in them."""
-    gens = sorted(e.free_symbols & elements, key=str)
-    if not gens:
-        return [(sympy.Integer(1), e)]
-    try:
-        poly = sympy.Poly(sympy.expand(e), *gens)
-    except sympy.PolynomialError:
-        return None
-    if poly.gens != tuple(gens) or any(c.free_symbols & elements for c in poly.coeffs()):
-        return None
-    return [(sympy.Mul(*(g**k for g, k in zip(gens, monom))), c) for monom, c in poly.terms()]
-
-
-def _loop(exprs: list, coordinates: list, elements: set, prefix: str) -> Loop:
-    """*exprs* with every part fixed per statistic replaced by a coefficient (*prefix* and a number), and the
-    coordinates they read."""
-    table: dict = {}
-
-    def coefficient(e: sympy.Expr) -> sympy.Expr:
-        if e.is_Number:
-            return e
-        if e not in table:
-            table[e] = sympy.Symbol(f"{prefix}{len(table)}", real=True)
-        return table[e]
-
-    def hoist(e: sympy.Expr) -> sympy.Expr:
-        if not e.free_symbols & elements:
-            return coefficient(e)
-        if e.is_Atom:
-            return e
-        if e.is_Add or e.is_Mul:
-            fixed = [a for a in e.args if not a.free_symbols & elements]
-            varying = [hoist(a) for a in e.args if a.free_symbols & elements]
-            return e.func(*([coefficient(e.func(*fixed))] if fixed else []), *varying)
-        return e.func(*(hoist(a) for a in e.args))
-
-    def lowered(e: sympy.Expr) -> sympy.Expr:
-        terms = _polynomial(e, elements)
-        if terms is None:
-            return hoist(e)
-        return sympy.Add(*(coefficient(c) * m for m, c in terms))
-
-    out = tuple(lowered(e) for e in exprs)
-    needed = set().union(set(), *(e.free_symbols for e in out))
-    kept = []
-    for c, e in reversed(coordinates):  # the coordinate keeps its form (x - mu, not x*istd - mu*istd): accuracy
-        if c in needed:
-            kept.insert(0, (c, hoist(e)))
-            needed |= e.free_symbols
-    return Loop(tuple((k, e) for e, k in table.items()), tuple(kept), out)
-

@@ -19,6 +19,7 @@ from symbn.codegen.elementwise import Elementwise
 from symbn.codegen.plan import Plan
 from symbn.codegen.reductions import Moments, Split, gradient_sums, moments, split_sums
 from symbn.codegen.shares import Shares, shares
+from symbn.codegen.split_loops import SplitLoops, split_loops
 
 # Column kernels keep one float64 accumulator per column and sum: while those fit in L1 (NHWC, C = 64) a chunk walks
 # its rows one at a time with the accumulators in arrays of its own; beyond (batch NC, C = 4096) rows go in fours.
@@ -54,6 +55,7 @@ class Lowering:
     param_buffers: bool  # Numba statistic loops: parameter gradients in per-chunk buffers of the input's dtype
     shares: Shares | None  # split-phase training passes (statistics across processes); None: the spec has none
     double: tuple[DoubleLowering | None, ...]  # the second order for loop kernels, training and eval mode
+    split_loops: SplitLoops | None  # the split-phase pieces for loop kernels; None: NumPy passes (or no pieces)
     column_accumulators_in_l1: int = COLUMN_ACCUMULATORS_IN_L1
 
 
@@ -68,10 +70,12 @@ def lower(p: Plan) -> Lowering:
     from_sums = tuple(gradient_sums(ew, p.sums, p.param_sums))
     columns = _columns(p)
     param_per_stat = set(param) <= set(kept)
+    rest = tuple((s, e) for (s, e), i in zip(p.param_sums, from_sums) if i is None)
+    shared = shares(p)
     return Lowering(
         plan=p, mean=ew.mean, param_class=ew.param_class, moments=moments(p), split=split, from_sums=from_sums,
         taken=tuple((s, p.sums[i][0]) for (s, _), i in zip(p.param_sums, from_sums) if i is not None),
-        rest=tuple((s, e) for (s, e), i in zip(p.param_sums, from_sums) if i is None),
+        rest=rest,
         numpy_whole=not blocks[0].reduced,
         # where a parameter gradient needs xhat per element anyway, the whole-chunk pass forms it for the sums too
         numpy_split=split is not None and (blocks[0].reduced or None not in from_sums),
@@ -81,7 +85,8 @@ def lower(p: Plan) -> Lowering:
         param_per_stat=param_per_stat,
         param_fixed_inner=reduced[-1] not in param,
         param_buffers=columns is None and not param_per_stat and bool(p.param_sums) and reduced[-1] in param,
-        shares=shares(p),
+        shares=shared,
+        split_loops=split_loops(p, shared, rest),
         double=tuple(lower_double(p, so, given) if so is not None else None
                      for so, given in zip(p.second, (p.saved, p.eval_stats))),
     )

@@ -7,7 +7,7 @@ import sympy
 from symbn import escape
 from symbn.codegen import stamp
 from symbn.codegen.backends import numba as numba_backend
-from symbn.codegen.backends import numba_double
+from symbn.codegen.backends import numba_double, numba_split
 from symbn.codegen.double import levels as double_levels
 from symbn.codegen.double import reads as double_reads
 from symbn.codegen.backends import numpy as numpy_backend
@@ -104,11 +104,13 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     ctx["split"] = _split(lw)
     ctx["double"] = _double(lw, split=ctx["split"] is not None)
+    ctx["nbs"] = None
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
     else:
         ctx["nb"] = numba_backend.statements(lw)
         ctx["nbd"] = numba_double.double(lw)
+        ctx["nbs"] = numba_split.split(lw) if ctx["split"] else None
     return ctx
 
 
