@@ -73,15 +73,21 @@ class SyncBatchNorm(BatchNorm):
         return False  # the count of all processes' rows decides: finish_forward refuses it on every process alike
 
     def _train(self, xv, params, running=(), momentum=None):
-        share = self.kernels.partial_forward(xv)
-        datatype, join = _combine(self.kernels, share.size)
-        total = np.empty_like(share)
-        self.comm.Allreduce([share, 1, datatype], [total, 1, datatype], op=join)
-        if total[0] < 2:  # every process holds the same total, so every one raises
-            raise ValueError(f"x: {type(self).__name__} expects more than 1 value per channel over the rows of all "
-                             f"{self.comm.Get_size()} processes when training; got {int(total[0])}")
+        kernels, shares = self.kernels, []
+        for r in range(kernels.FORWARD_ROUNDS):  # one round but for statistics that are not sums of polynomials in x
+            share = kernels.partial_forward(xv, *shares, **({"eps": self.eps} if r else {}))
+            total = np.empty_like(share)
+            if r == 0:
+                datatype, join = _combine(kernels, share.size)
+                self.comm.Allreduce([share, 1, datatype], [total, 1, datatype], op=join)
+                if total[0] < 2:  # every process holds the same total, so every one raises
+                    raise ValueError(f"x: {type(self).__name__} expects more than 1 value per channel over the rows of "
+                                     f"all {self.comm.Get_size()} processes when training; got {int(total[0])}")
+            else:
+                self.comm.Allreduce(share, total, op=mpi().SUM)
+            shares.append(total)
         options = {} if momentum is None else {"momentum": momentum}
-        return self.kernels.finish_forward(xv, *params, total, *running, eps=self.eps, **options)
+        return kernels.finish_forward(xv, *params, *shares, *running, eps=self.eps, **options)
 
     def _train_backward(self, dy, xv, gamma, saved):
         share = self.kernels.partial_backward(dy, xv, gamma, *saved, eps=self.eps)

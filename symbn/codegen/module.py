@@ -125,12 +125,18 @@ def _split(lw: Lowering) -> dict | None:
     def code(e):
         return numpy_code(e, names)
 
-    stats = [(s.symbol.name, f"({code(s.expr)}) / ({code(s.denominator)})" if s.reduce else code(s.expr))
-             for s in lw.shares.steps]
+    stats = [(s.symbol.name, f"({code(s.expr)}) / ({code(s.denominator)})" if s.reduce else code(s.expr), r)
+             for s, r in zip(lw.shares.steps, lw.shares.step_rounds)]
+    rounds = []
+    for r, sums in enumerate(lw.shares.rounds, 1):  # plain sums in the chunk's names, statistics read per chunk
+        read = sorted({t.name for _, e in sums for t in e.free_symbols} - {X.name})
+        chunk = {X: "xc"} | {t: f"{t.name}_c" for _, e in sums for t in e.free_symbols if t != X}
+        rounds.append(dict(round=r, names=[t.name for t, _ in sums], stats=read,
+                           sums=[(t.name, numpy_code(e, chunk)) for t, e in sums]))
     coordinates = [(c.name, code(e)) for c, e in p.coordinates]
     backward = coordinates + [(s.name, code(e)) for s, e in p.sums] + [(s.name, code(e)) for s, e in lw.rest]
     join = [(s.name, code(e)) for s, e in lw.shares.join]
-    return dict(degree=lw.shares.degree, stats=stats, coordinates=coordinates, join=join,
+    return dict(degree=lw.shares.degree, stats=stats, coordinates=coordinates, join=join, rounds=rounds,
                 sums=[(s.name, code(e)) for s, e in p.sums], rest=[(s.name, code(e)) for s, e in lw.rest],
                 taken=[(g.name, s.name) for g, s in lw.taken], dx=code(p.dx),
                 uses=sorted(reads(backward + [("dx", code(p.dx))])), partial_uses=sorted(reads(backward)))

@@ -36,8 +36,18 @@ class Shares:
     """How one spec's statistics cross processes."""
 
     degree: int  # central sums c2 .. c<degree> in a forward share
-    steps: tuple[StatStep, ...]  # the forward's steps, each reduction's summand replaced by its total in the share
+    steps: tuple[StatStep, ...]  # the forward's steps, each reduction's summand replaced by its total: in the share of
+    # the first round, or a plain sum of a later one
     join: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # the joined share's mean and sums from two shares'
+    # Rounds after the first, for reductions that are not polynomials in x (mean(abs(x - mean(x)))): each a plain sum
+    # (total, summand) over the set, its summand reading statistics of earlier rounds; shares of them add up
+    rounds: tuple[tuple[tuple[sympy.Symbol, sympy.Expr], ...], ...] = ()
+    step_rounds: tuple[int, ...] = ()  # per step, the round after which it is known
+
+
+def plain_total(symbol: sympy.Symbol) -> sympy.Symbol:
+    """The name of a reduction's plain sum in a later round's share."""
+    return sympy.Symbol(f"total_{symbol.name}", real=True)
 
 
 COUNTS = sympy.symbols("na nb", positive=True)
@@ -65,28 +75,36 @@ def join_formulas(degree: int) -> tuple[tuple[sympy.Symbol, sympy.Expr], ...]:
 
 def shares(p: Plan) -> Shares | None:
     """The spec's shares, where every statistic spans the batch axis (axis 0, which a data-parallel run splits across
-    processes) and each reduction sums a polynomial in x; else None."""
+    processes); else None. A reduction that sums a polynomial in x joins in the first round's share (central sums);
+    one that does not waits for the statistics it reads and takes a plain sum in a round after theirs."""
     if 0 not in p.spec.reduce_axes:
         return None
-    polys = []
+    known: dict = {}  # statistic -> the round after which it is known
+    polys: dict = {}
     for step in p.train_steps:
+        after = max((known[t] for t in step.expr.free_symbols if t in known), default=0)
         if step.reduce:
             try:
-                polys.append(sympy.Poly(sympy.expand(step.expr.xreplace({X: XS + MEAN})), XS))
+                polys[step.symbol] = sympy.Poly(sympy.expand(step.expr.xreplace({X: XS + MEAN})), XS)
             except sympy.PolynomialError:
-                return None
-    degree = max(2, max(poly.degree() for poly in polys))
-    totals = iter(polys)
+                after += 1
+        known[step.symbol] = after
+    degree = max([2] + [poly.degree() for poly in polys.values()])
     steps = []
+    rounds: list[list] = [[] for _ in range(max(known.values(), default=0))]
     for step in p.train_steps:
-        if step.reduce:
+        if step.symbol in polys:
             # sum((x - m1)**k) over the set: M for k = 0, zero for k = 1 (m1 is its mean), c_k beyond
-            total = sum((sympy.factor(c) * (M if k == 0 else central_sum(k)) for (k,), c in next(totals).terms()
+            total = sum((sympy.factor(c) * (M if k == 0 else central_sum(k)) for (k,), c in polys[step.symbol].terms()
                          if k != 1), sympy.Integer(0))
             steps.append(StatStep(step.symbol, total, True, step.denominator))
+        elif step.reduce:
+            rounds[known[step.symbol] - 1].append((plain_total(step.symbol), step.expr))
+            steps.append(StatStep(step.symbol, plain_total(step.symbol), True, step.denominator))
         else:
             steps.append(step)
-    return Shares(degree, tuple(steps), join_formulas(degree))
+    return Shares(degree, tuple(steps), join_formulas(degree), tuple(tuple(r) for r in rounds),
+                  tuple(known[step.symbol] for step in p.train_steps))
 
 
 # --- the proof, with exact rationals -------------------------------------------------------------------------------
@@ -134,6 +152,9 @@ def prove(s: Shares, p: Plan, sizes=(0, 1, 3, 4), seed: int = 0) -> str:
     direct, from_shares = {}, {MEAN: sympy.Rational(whole[1]), M: len(values)}
     from_shares |= {central_sum(k): sympy.Rational(whole[k]) for k in range(2, s.degree + 1)}
     for step, joined in zip(p.train_steps, s.steps):
+        if step.reduce and joined.expr == plain_total(step.symbol):  # a later round: each part's plain sum, added
+            from_shares[joined.expr] = sum((step.expr.xreplace({**direct, M: len(values), X: sympy.Rational(v)})
+                                            for part in parts for v in part), sympy.Integer(0))
         if step.reduce:
             env = {**direct, M: len(values)}
             total = sum((step.expr.xreplace({**env, X: v}) for v in values), sympy.Integer(0))

@@ -350,6 +350,11 @@ def _across_section(d: Derivation, w: Writer) -> dict | None:
         "exactly, without the cancellation plain sums of powers suffer when the mean is large. Two shares "
         "$(n_a, m_a, c_{a,k})$ and $(n_b, m_b, c_{b,k})$, with $\delta = m_b - m_a$, join as (Chan, Golub and "
         "LeVeque for $c_2$, Pebay for higher sums):")
+    rounds = ""
+    for r, sums in enumerate(s.rounds, 1):  # statistics that are not sums of polynomials in x
+        plain = ", ".join(f"${latex(t)} = \\sum {latex(e)}$" for t, e in sums)
+        rounds += (f"A statistic whose summand is not a polynomial in x waits for the statistics it reads: round {r + 1} "
+                   f"of the forward sends the count and the plain sums {plain}, which add up. ")
     known: dict = {}
     statistics = []
     for step in s.steps:
@@ -359,7 +364,7 @@ def _across_section(d: Derivation, w: Writer) -> dict | None:
             known[step.symbol] = value
             statistics.append(_display(w, step.symbol, value))
     return dict(intro=w.prose(intro), join=[_display(w, sym, e) for sym, e in s.join],
-                statistics_intro=w.prose("The statistics of all rows from the joined share ($M$ its count):"),
+                statistics_intro=w.prose(rounds + "The statistics of all rows from the joined share ($M$ its count):"),
                 statistics=statistics, proof=w.prose(shares.prove(s, p) + "."))
 
 
