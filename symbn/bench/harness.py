@@ -52,6 +52,9 @@ class Case:
     shape: tuple[int, ...]
     smoke_shape: tuple[int, ...]
     groups: int | None = None
+    # calls per timed run: a small input is timed over many calls in a row with warm caches, as a training loop on
+    # small batches makes them, and reported per call (in µs)
+    calls: int = 1
 
     @property
     def spec(self) -> Spec:
@@ -69,6 +72,10 @@ CASES = (
     Case("group32_nchw", "group", "NCHW", (32, 64, 56, 56), (2, 64, 4, 3), groups=32),
     Case("instance_nchw", "instance", "NCHW", (32, 64, 56, 56), (4, 8, 6, 5)),
     Case("rms_nc", "rms", "NC", (4096, 4096), (16, 24)),
+    # where the seeds live: makemore's and the Keras model's batch of 32, a wider layer, a cs231n gradient check
+    Case("small_32x200", "batch", "NC", (32, 200), (32, 200), calls=200),
+    Case("small_64x512", "batch", "NC", (64, 512), (64, 512), calls=200),
+    Case("small_4x5", "batch", "NC", (4, 5), (4, 5), calls=200),
 )
 
 
@@ -355,6 +362,14 @@ def _timed(fn):
     return time.perf_counter() - t, out
 
 
+def _per_call(fn, calls: int) -> float:
+    """Seconds per call over *calls* calls in a row."""
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t) / calls
+
+
 def _rel_diff(a, ref) -> float:
     a, ref = np.asarray(a, dtype=np.float64), np.asarray(ref, dtype=np.float64)
     return float(np.max(np.abs(a - ref)) / max(np.max(np.abs(ref)), 1e-300))
@@ -362,8 +377,10 @@ def _rel_diff(a, ref) -> float:
 
 def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float, torch=None,
                  cold=lambda: None) -> list[dict]:
-    """Rows of the result for one case and dtype; *cold* runs before every timed run (see bandwidth.ColdCache)."""
+    """Rows of the result for one case and dtype; *cold* runs before every timed run (see bandwidth.ColdCache) of the
+    cases timed one call per run; small cases are timed per call over case.calls calls with warm caches."""
     spec, shape = case.spec, case.smoke_shape if smoke else case.shape
+    per_run = min(case.calls, 2) if smoke else case.calls
     modules = {"symbn-numpy": load_module(spec, "numpy"), "symbn-numba": load_module(spec, "numba")}
     data = make_data(spec, shape, np.dtype(dtype), modules["symbn-numpy"])
     jit_before = _jit_counts(modules["symbn-numba"])
@@ -393,8 +410,11 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
         try:
             for _ in range(repeat):
                 for name, (calls, _) in present.items():
-                    cold()
-                    times[name].append(_timed(calls[pass_name])[0])
+                    if per_run == 1:
+                        cold()
+                        times[name].append(_timed(calls[pass_name])[0])
+                    else:
+                        times[name].append(_per_call(calls[pass_name], per_run))
         finally:
             gc.enable()
         nbytes = bandwidth.min_bytes(pass_name, elements, itemsize)
@@ -402,7 +422,7 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
         for name, ts in times.items():
             row = {"case": case.name, "spec": spec.name, "shape": list(shape), "dtype": dtype, "pass": pass_name,
                    "impl": name, "module": _provenance(modules.get(name.removesuffix("-out"))),
-                   "first_call_s": first[name],
+                   "first_call_s": first[name], "calls_per_run": per_run,
                    "times_s": ts, "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                    "min_bytes": nbytes, "max_rel_diff_vs_naive": _rel_diff(outs[name], outs[reference])}
             row["gbps"] = nbytes / row["median_s"] / 1e9

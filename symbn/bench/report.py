@@ -17,6 +17,15 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g}" if seconds < 0.01 else f"{seconds * 1e3:.1f}"
 
 
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.3g}" if seconds < 1e-4 else f"{seconds * 1e6:.0f}"
+
+
+def _per_call(rows) -> bool:
+    """Whether a block's rows are timed per call over many calls (small cases: shown in µs)."""
+    return rows[0].get("calls_per_run", 1) > 1
+
+
 def header(result: dict) -> str:
     m, bw, s = result["machine"], result["bandwidth"], result["settings"]
     rates = ", ".join(f"{k.removesuffix('_gbps').replace('_', ' ')} {v:.1f}" for k, v in bw.items()
@@ -26,6 +35,7 @@ def header(result: dict) -> str:
             f"({m.get('numba_threading_layer')}), torch {m['torch']}\n"
             f"settings   {s['threads']} threads, {s['repeat']} timed runs per kernel after one warm-up, each after "
             f"writing {s.get('cold_cache_bytes', 0) / 2**20:.0f} MiB (cold caches)"
+            f"{', but small cases: per call over many calls, warm' if any(_per_call([r]) for r in result['results']) else ''}"
             f"{' (smoke: tiny sizes)' if s['smoke'] else ''}; other processes took "
             f"{_share(m.get('others_cpu_share'))} of the CPU time meanwhile\n"
             f"{_busy_warning(m.get('others_cpu_share'))}"
@@ -46,16 +56,18 @@ def _busy_warning(share) -> str:
 
 def detail_table(result: dict) -> str:
     lines = []
-    cols = f"  {'pass':<17}{'impl':<16}{'median ms':>10} {'min-max ms':>17} {'GB/s':>7} {'bound':>6} " \
-           f"{'vs torch (min-max)':>21} {'first ms':>9} {'rel diff':>9}"
     for (case, dtype), rows in _blocks(result):
         rows = list(rows)
-        lines += ["", f"{case} {tuple(rows[0]['shape'])} {dtype}", cols]
+        unit, t = ("us", _us) if _per_call(rows) else ("ms", _ms)
+        cols = f"  {'pass':<17}{'impl':<16}{'median ' + unit:>10} {'min-max ' + unit:>17} {'GB/s':>7} {'bound':>6} " \
+               f"{'vs torch (min-max)':>21} {'first ms':>9} {'rel diff':>9}"
+        where = f", per call over {rows[0]['calls_per_run']} calls in a row (warm)" if _per_call(rows) else ""
+        lines += ["", f"{case} {tuple(rows[0]['shape'])} {dtype}{where}", cols]
         for r in rows:
             sp = r.get("speedup_vs_torch")
             vs = f"{sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f})" if sp else "-"
-            lines.append(f"  {r['pass']:<17}{r['impl']:<16}{_ms(r['median_s']):>10} "
-                         f"{_ms(r['min_s']) + '-' + _ms(r['max_s']):>17} {r['gbps']:>7.1f} "
+            lines.append(f"  {r['pass']:<17}{r['impl']:<16}{t(r['median_s']):>10} "
+                         f"{t(r['min_s']) + '-' + t(r['max_s']):>17} {r['gbps']:>7.1f} "
                          f"{r['fraction_of_bound']:>6.0%} {vs:>21} {_ms(r['first_call_s']):>9} "
                          f"{r['max_rel_diff_vs_naive']:>9.1e}")
     return "\n".join(lines) + "\n"
@@ -78,8 +90,10 @@ def summary_table(result: dict) -> str:
         naive, numpy = _find(rows, "naive-numpy", "forward+backward"), _find(rows, "symbn-numpy", "forward+backward")
         gain = naive["median_s"] / numpy["median_s"]
 
-        def ms(r):
-            return _ms(r["median_s"]) if r else "-"
+        def ms(r):  # small cases (timed per call) in µs, marked
+            if not r:
+                return "-"
+            return _us(r["median_s"]) + "us" if _per_call(rows) else _ms(r["median_s"])
 
         def vs(r):
             return f"{r['speedup_vs_torch']['median']:.2f}" if r and "speedup_vs_torch" in r else "-"
@@ -89,7 +103,7 @@ def summary_table(result: dict) -> str:
 
         lines.append(f"{case:<17}{dtype:<8}{ms(nf):>10}{ms(tf):>10}{vs(nf):>6}{ms(nfb):>10}{ms(tfb):>10}{vs(nfb):>6}"
                      f"{bound(nf, 10)}{bound(nb, 10)}{bound(of, 9)}{bound(ob, 9)}{gain:>15.2f}x")
-    lines.append("times are medians in ms; x: median of pairwise PyTorch/numba ratios; bound: GB/s over the least "
+    lines.append("times are medians in ms (us: per call, small cases); x: median of pairwise PyTorch/numba ratios; bound: GB/s over the least "
                  "bytes as a fraction of the measured bound; out=: numba writing into reused arrays")
     return "\n".join(lines) + "\n"
 
