@@ -34,9 +34,8 @@ from symbn.core.derive import (DBETA, DGAMMA, DX, Derivation, Program, Step, Con
 from symbn.core.graph import ELEM, REDUCE, STAT, Node
 from symbn.core.spec import Spec
 from symbn.core.symbols import BETA, DY, EPS, GAMMA, GGBETA, GGGAMMA, GGX, M, X, psum, rsum, sym
-from symbn.core.verify import (_RANGES, ATTEMPTS, DomainError, Interpreter, Proof, ProofError,
-                               _check_equal, _defined, _loss_gradient, _renumber, _Singular, independent_blocks,
-                               index_sets, proof_shape)
+from symbn.core.verify import (_RANGES, ATTEMPTS, Interpreter, Proof, _check_equal, _defined, _loss_gradient,
+                               _Singular, proof_tensor, unproved)
 
 PSUM = "psum"  # a node of the backward graph that sums over the axes the parameters do not span (dgamma, dbeta)
 MODES = ("train", "eval")
@@ -446,13 +445,7 @@ def prove_second(so: SecondOrder, set_size: int, seed: int = 0) -> Proof:
     running statistics per set, the statistics computed from them as the forward's nodes do), not functions of x."""
     d = so.derivation
     spec = d.spec
-    shape = proof_shape(spec, set_size)
-    stat_ids, param_ids = index_sets(spec, shape)
-    elements, total = independent_blocks(stat_ids, param_ids, PROOF_BLOCKS)
-    blocks = None
-    if len(elements) < len(stat_ids):
-        blocks = (PROOF_BLOCKS, total)
-        stat_ids, param_ids = _renumber(stat_ids[elements]), _renumber(param_ids[elements])
+    shape, stat_ids, param_ids, elements, blocks = proof_tensor(spec, set_size, PROOF_BLOCKS)
     n, n_params, n_sets = len(stat_ids), int(param_ids.max()) + 1, int(stat_ids.max()) + 1
     rng = random.Random(seed)
 
@@ -487,12 +480,7 @@ def prove_second(so: SecondOrder, set_size: int, seed: int = 0) -> Proof:
             problems.append(err)
             continue
         return Proof(shape, set_size, seed, checked, worst, attempt, blocks)
-    if all(p.derived for p in problems):
-        raise ProofError(f"shape {shape}: the derived double backward is not defined where the first-order backward "
-                         f"and its brute-force derivative are, at each of {ATTEMPTS} points ({problems[0]})")
-    raise DomainError(spec.expression, f"no point found where the backward and its derivatives are real and finite "
-                                       f"(tried {ATTEMPTS} exact rational points for shape {shape}; the first: "
-                                       f"{problems[0]}), so the double backward cannot be proved")
+    unproved(spec, shape, problems, "double backward", "first-order backward", "double backward")
 
 
 def _prove_second_at(so, shape, stat_ids, param_ids, constants, xs, gs, dys, point, upstream, running, elements):

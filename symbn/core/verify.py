@@ -200,13 +200,7 @@ def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
     The inputs are exact random rationals. Where a value is not real and finite there (sqrt(x) at a negative x, 1/x
     at 0), other points are drawn, from the intervals of _RANGES in turn; after ATTEMPTS points, DomainError."""
     spec = derivation.spec
-    shape = proof_shape(spec, set_size)
-    stat_ids, param_ids = index_sets(spec, shape)
-    elements, total = independent_blocks(stat_ids, param_ids)
-    blocks = None
-    if len(elements) < len(stat_ids):  # only the first PROOF_BLOCKS blocks; the others are copies of them
-        blocks = (PROOF_BLOCKS, total)
-        stat_ids, param_ids = _renumber(stat_ids[elements]), _renumber(param_ids[elements])
+    shape, stat_ids, param_ids, elements, blocks = proof_tensor(spec, set_size)
     n, n_params = len(stat_ids), int(param_ids.max()) + 1
     rng = random.Random(seed)
 
@@ -233,12 +227,32 @@ def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
             problems.append(err)
             continue
         return Proof(shape, set_size, seed, checked, worst, attempt, blocks)
+    unproved(spec, shape, problems, "backward", "forward", "derivation")
+
+
+def proof_tensor(spec, set_size: int, limit: int = PROOF_BLOCKS):
+    """The tensor a proof writes out: its shape, the reduction set and parameter of each element written out
+    (renumbered where only the first *limit* independent blocks are: the others are copies of them), those elements,
+    and (limit, blocks in all) where so, else None."""
+    shape = proof_shape(spec, set_size)
+    stat_ids, param_ids = index_sets(spec, shape)
+    elements, total = independent_blocks(stat_ids, param_ids, limit)
+    blocks = None
+    if len(elements) < len(stat_ids):
+        blocks = (limit, total)
+        stat_ids, param_ids = _renumber(stat_ids[elements]), _renumber(param_ids[elements])
+    return shape, stat_ids, param_ids, elements, blocks
+
+
+def unproved(spec, shape, problems: list, derived: str, source: str, proved: str):
+    """Raise what every point tried (*problems*, _Singular) says: ProofError where the derived *derived* was not
+    defined where its *source* and the brute-force derivative were, else DomainError (no point was good)."""
     if all(p.derived for p in problems):
-        raise ProofError(f"shape {shape}: the derived backward is not defined where the forward and its brute-force "
+        raise ProofError(f"shape {shape}: the derived {derived} is not defined where the {source} and its brute-force "
                          f"derivative are, at each of {ATTEMPTS} points ({problems[0]})")
-    raise DomainError(spec.expression, f"no point found where the forward and its derivatives are real and finite "
+    raise DomainError(spec.expression, f"no point found where the {source} and its derivatives are real and finite "
                                        f"(tried {ATTEMPTS} exact rational points for shape {shape}; the first: "
-                                       f"{problems[0]}), so the derivation cannot be proved")
+                                       f"{problems[0]}), so the {proved} cannot be proved")
 
 
 def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs, gs, bs, point, dys, elements):
