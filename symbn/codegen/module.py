@@ -7,7 +7,7 @@ import sympy
 from symbn import escape
 from symbn.codegen import stamp
 from symbn.codegen.backends import numba as numba_backend
-from symbn.codegen.backends import numba_double, numba_split
+from symbn.codegen.backends import numba_double, numba_small, numba_split
 from symbn.codegen.double import levels as double_levels
 from symbn.codegen.double import reads as double_reads
 from symbn.codegen.backends import numpy as numpy_backend
@@ -109,6 +109,8 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         ctx["np"] = numpy_backend.statements(lw)
     else:
         ctx["nb"] = numba_backend.statements(lw)
+        ctx["sm"] = numba_small.small(lw)
+        ctx["nb"]["math"] = ctx["nb"]["math"] or "math" in reads(ctx["sm"])
         ctx["nbd"] = numba_double.double(lw)
         ctx["nbs"] = numba_split.split(lw) if ctx["split"] else None
     return ctx
