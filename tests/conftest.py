@@ -48,3 +48,15 @@ def one_thread():
         torch.set_num_threads(threads)
     if limits:
         limits.restore_original_limits()
+
+
+@pytest.fixture(params=("small path", "large path"))
+def path(request, monkeypatch):
+    """Both paths of a generated module: as the test's inputs are (inputs up to the module's SMALL elements take the
+    small path), and with the large path forced (SMALL = 0). Returns what prepares a module for the current one."""
+    def prepare(module):
+        if request.param == "large path":
+            monkeypatch.setattr(module, "SMALL", 0)
+        return module
+
+    return prepare

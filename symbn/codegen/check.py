@@ -26,6 +26,7 @@ passes whatever its expression and inputs, and a wrong one fails:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 from dataclasses import dataclass, field
@@ -383,14 +384,28 @@ def eval_checks(module, data: dict) -> list[Result]:
 
 def run(module: types.ModuleType, seed: int = 0) -> list[Result]:
     """Finite differences (float64, relative error <= 1e-7), the Taylor slope, sum(dx) = 0 where it holds, and eval
-    mode (see eval_checks)."""
+    mode (see eval_checks). A module with a small-input path (SMALL: its inputs here take it) is checked again with
+    its large path forced, so both are proven."""
+    results = _run(module, seed)
+    small = getattr(module, "SMALL", None)
+    if small is not None:
+        module.SMALL = 0
+        try:
+            results += [dataclasses.replace(r, name=f"{r.name} (large path)") for r in _run(module, seed, False)]
+        finally:
+            module.SMALL = small
+    return results
+
+
+def _run(module: types.ModuleType, seed: int, double: bool = True) -> list[Result]:
+    """*double*: with the double backward's check (it has one path)."""
     data = inputs(module, seed=seed)
     _, grads = loss_and_grads(module, data)
     results = [difference_check(module, data, wrt, grad) for wrt, grad in grads.items()]
     results.append(taylor_check(module, data))
     if hasattr(module, "_sizes") and hasattr(module, "BLOCKS") and shift_invariant(module, data):
         results.append(sum_check(module, data, np.asarray(grads["x"], dtype=np.float64)))
-    if hasattr(module, "double_backward"):
+    if double and hasattr(module, "double_backward"):
         results.append(double_check(module, data, seed))
     return results + eval_checks(module, data)
 

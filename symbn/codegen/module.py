@@ -11,6 +11,7 @@ from symbn.codegen.backends import numba_double, numba_small, numba_split
 from symbn.codegen.double import levels as double_levels
 from symbn.codegen.double import reads as double_reads
 from symbn.codegen.backends import numpy as numpy_backend
+from symbn.codegen.backends import numpy_small
 from symbn.codegen.elementwise import used
 from symbn.codegen.lowering import Lowering, lower
 from symbn.codegen.plan import plan
@@ -107,6 +108,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["nbs"] = None
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
+        ctx["sm"] = numpy_small.small(lw)
     else:
         ctx["nb"] = numba_backend.statements(lw)
         ctx["sm"] = numba_small.small(lw)

@@ -21,6 +21,14 @@ class _NumPyPrinter(NumPyPrinter):
     def _print_psum(self, e):
         return f"_psum({self._print(e.args[0])})"
 
+    def _print_Add(self, expr, order=None):
+        # a term without a leading minus first: x - mu is one NumPy operation, -mu + x two (a negation, then an add)
+        terms = self._as_ordered_terms(expr, order=order)
+        first = next((t for t in terms if not t.could_extract_minus_sign()), terms[0])
+        if first is terms[0]:
+            return super()._print_Add(expr, order)
+        return super()._print_Add(sympy.Add(first, *(t for t in terms if t is not first), evaluate=False), "none")
+
 
 class _ScalarPrinter(PythonCodePrinter):
     """Scalar code for Numba: math.sqrt, math.exp, ...; sign() as copysign."""

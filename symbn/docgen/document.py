@@ -172,8 +172,10 @@ _INTRO = {
            "gradient (relative error), the Taylor test (the remainder after the gradient term must shrink like "
            "$h^2$: slope 2), $\\sum \\mathrm{d}x = 0$ over each set where the forward is shift-invariant, and eval mode: "
            "central differences of `forward_eval` with the running statistics held fixed for `backward_eval`, or, "
-           "where there are no running statistics, `forward_eval` equal to `forward_train`'s $y$. The measured "
-           "values vary in their last digits with the CPU and Numba's thread count."),
+           "where there are no running statistics, `forward_eval` equal to `forward_train`'s $y$. These inputs are "
+           "small, so the module takes its small-input path; the rows marked (large path) repeat the checks with "
+           "the large path forced. The measured values vary in their last digits with the CPU and Numba's thread "
+           "count."),
 }
 
 

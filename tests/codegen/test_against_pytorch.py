@@ -224,10 +224,10 @@ def test_catalogue_modules_are_all_mapped():
 
 
 @pytest.mark.parametrize("spec, backend, dtype", CASES)
-def test_train(spec, backend, dtype):
+def test_train(spec, backend, dtype, path):
     """forward_train (y, saved statistics, running update) and backward (dx, dgamma, dbeta) against autograd."""
     ref = adapter(spec)
-    module = catalogue_module(spec.name, backend)
+    module = path(catalogue_module(spec.name, backend))
     assert (module.EPS, getattr(module, "MOMENTUM", None)) == (spec.eps, spec.momentum)
     d = data(spec, module, dtype)
     running = [r.copy() for r in d["running"]]
@@ -250,12 +250,12 @@ def test_train(spec, backend, dtype):
 
 
 @pytest.mark.parametrize("spec, backend, dtype", CASES)
-def test_eval(spec, backend, dtype):
+def test_eval(spec, backend, dtype, path):
     """forward_eval and its backward against the eval-mode op and autograd: backward_eval (the running statistics held
     constant) for batch norm; elsewhere eval mode is training's, and its backward is backward() with the statistics
     forward_train returns."""
     ref = adapter(spec)
-    module = catalogue_module(spec.name, backend)
+    module = path(catalogue_module(spec.name, backend))
     d = data(spec, module, dtype, seed=1)
     before = [r.copy() for r in d["running"]]
     y = module.forward_eval(d["x"], *params(module, d), *d["running"])

@@ -182,12 +182,13 @@ EXTREMES = {
 
 @pytest.mark.parametrize("case", EXTREMES)
 @pytest.mark.parametrize("name", NAMES)
-def test_extreme_scales_agree_with_the_reference_on_both_backends(name, case):
+def test_extreme_scales_agree_with_the_reference_on_both_backends(name, case, path):
     dtype, scale, offset, eps = EXTREMES[case]
     if dtype == np.float64 and max(scale, offset) > 1e154 and not WIDE:
         pytest.skip("long double is float64 here: float64 beyond 1e154 has no wider type to fall back on")
     outs = []
     for backend in BACKENDS:
+        path(catalogue_module(name, backend))
         _, _, args = arguments(name, backend, dtype, scale, offset)
         with np.errstate(all="ignore"):
             outs.append(train_and_check(name, backend, args, eps))
@@ -233,9 +234,10 @@ def test_ordinary_inputs_never_take_the_exact_path(name, backend, monkeypatch):
 @pytest.mark.parametrize("offset", (1e2, 1e4, 1e6))
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
-def test_float32_backward_accuracy_does_not_depend_on_the_mean(name, backend, offset):
+def test_float32_backward_accuracy_does_not_depend_on_the_mean(name, backend, offset, path):
     """dx from float32 x = offset + N(0, 1) against float64 arithmetic on the same values: with statistics saved in
     float32 it was 3e-5 off at a mean of 1e4 and 5e-3 at 1e6; float64 statistics keep it near float32's resolution."""
+    path(catalogue_module(name, backend))
     _, module, args = arguments(name, backend, np.float32, 1.0, offset)
     y, *saved = call(module, "forward_train", args)
     assert all(s.dtype == np.float64 for s in saved)

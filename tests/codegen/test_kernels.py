@@ -338,3 +338,31 @@ def test_staged_backward_kernel_matches_the_compact_one(spec, backend):
     for a, b in zip(compact, staged, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+
+
+LARGE_KERNELS = ("_forward_train", "_forward_eval", "_backward", "_backward_eval")
+
+
+@pytest.mark.parametrize("spec, backend", ENTRIES, ids=IDS)
+def test_inputs_up_to_small_take_the_small_path_and_larger_ones_the_large(spec, backend, monkeypatch):
+    """Every entry point of a small input runs without the large kernels (which raise here), quick checks or not
+    (a strided view takes the full checks, then the same small path); an input one element past SMALL uses them."""
+    m = module(spec, backend)
+
+    def refused(name):
+        def kernel(*_):
+            raise AssertionError(f"{name} ran")
+        return kernel
+
+    for name in LARGE_KERNELS:
+        if hasattr(m, name):
+            monkeypatch.setattr(m, name, refused(name))
+    data = checks.inputs(m)
+    for x in (data["x"], np.repeat(data["x"], 2, axis=-1)[..., ::2]):
+        assert x.size <= m.SMALL
+        y, *saved = m.forward_train(x, *params_of(m, data))
+        m.forward_eval(x, *params_of(m, data), *checks.running_statistics(m, data))
+        m.backward(data["dy"], x, *params_of(m, data)[:1 if "gamma" in checks.parameter_names(m) else 0], *saved)
+    monkeypatch.setattr(m, "SMALL", data["x"].size - 1)
+    with pytest.raises(AssertionError, match="_forward_train ran"):
+        m.forward_train(data["x"], *params_of(m, data))

@@ -5,6 +5,7 @@ statistic just before it."""
 from __future__ import annotations
 
 from symbn.codegen.backends.numba import flat_index, loop_space
+from symbn.codegen.backends.quick import checks
 from symbn.codegen.loops import Loop
 from symbn.codegen.lowering import Lowering
 from symbn.codegen.plan import Plan
@@ -116,12 +117,8 @@ def small(lw: Lowering) -> dict:
                               loads=nest.loads([step.expr])))
     param_count = len(p.param_sums)
     space = loop_space(kept, [], "s")
-    ctx = dict(
-        loops=nest.loops, elem=nest.elem, sizes=[f"n{i} = {_size(b)}" for i, b in enumerate(p.blocks)],
-        blocks=", ".join(f"n{i}" for i in range(n)) + "," * (n == 1),
-        stat_shape="(" + "".join(f"n{i}, " for i in kept) + ")",
-        param_shape="(" + "".join(f"x.shape[{a}], " for a in p.spec.param_axes) + ")",
-        count=" * ".join(f"n{i}" for i in range(n) if p.blocks[i].reduced),
+    ctx = checks(p) | dict(
+        loops=nest.loops, elem=nest.elem,
         stats=space["count"], unravel=space["unravel"], param_flat=nest.pf,
         first=", ".join("0" if b.reduced else f"i{i}" for i, b in enumerate(p.blocks)),
         train=train, moments=moments, train_names=[s.symbol.name for s in sl.train],
@@ -134,27 +131,16 @@ def small(lw: Lowering) -> dict:
         eval_dx=nest.pass_(sl.eval_dx, 1, 0, len(p.eval_param_sums)) if sl.eval_dx else None,
         param_count=param_count,
         params=" * ".join(f"n{i}" for i in range(n) if p.blocks[i].param) or "1",
-        stat_ndim=len(kept), param_ndim=len(p.spec.param_axes),
         # eval mode: the batch statistics' names bound to the running ones, then its scalar steps
         eval_in=[s.name for _, s, _ in p.running], eval_from=[r.name for r, _, _ in p.running],
         eval_loads=[nest.loads([e]) for _, e in sl.eval_steps], eval_checked=[s.name for s in p.eval_stats],
         running=[(r.name, scalar_code(e, {r: f"{r.name}[s]", s: f"{s.name}[s]"})) for r, s, e in p.running],
-        # what the full path's checks of x alone refuse: an empty x, channels that do not divide into the groups
-        valid="x.size > 0" + (f" and x.shape[{p.spec.channel_axis}] % GROUPS == 0" if p.spec.groups else ""),
         saved_args=[f"a_{s.name}" for s in p.saved], running_args=[f"a_{r.name}" for r, _, _ in p.running],
     )
     # which kernels read M (the template leaves it out of the others)
     ctx["uses_m"] = {name: "M" in reads(*(ctx[k] for k in keys)) for name, keys in (
         ("eval", ("eval_steps", "y")), ("backward", ("sums", "dx")), ("backward_eval", ("eval_steps", "eval_dx")))}
     return ctx
-
-def _size(b) -> str:
-    if b.split == "groups":
-        return "GROUPS"
-    if b.split == "within":
-        return f"x.shape[{b.axes[0]}] // GROUPS"
-    return " * ".join(f"x.shape[{a}]" for a in b.axes)
-
 
 def _statistics(p: Plan) -> set:
     """Every per-statistic value the kernels name: the forward's steps, the saved and eval-mode statistics, the

@@ -80,7 +80,7 @@ class _NumpyBodies:
                 if not s.reduce:
                     loop.body.append(f"{s.symbol.name}_c = {self.code(s.expr)}")
                     continue
-                value = f"np.sum({loop.statements([s.expr], shifted)[0]}, {red})"
+                value = f"np.add.reduce({loop.statements([s.expr], shifted)[0]}, {red})"
                 if s.denominator != 1:
                     value += f" / ({self.code(s.denominator)})"
                 loop.body.append(f"{s.symbol.name}_c = {value}")
@@ -99,7 +99,7 @@ class _NumpyBodies:
                 out.append(f"{name} = {self.code(s.expr)}")
                 continue
             loop = self.loop([s.expr], shifted)
-            loop.body.append(f"{name} += np.sum({loop.statements([s.expr], shifted)[0]}, {red})")
+            loop.body.append(f"{name} += np.add.reduce({loop.statements([s.expr], shifted)[0]}, {red})")
             out += [f"{name} = _stat(xb)"] + loop.lines()
             if s.denominator != 1:
                 out.append(f"{name} /= {self.code(s.denominator)}")
@@ -116,7 +116,7 @@ class _NumpyBodies:
         names = [f"p{k}" for k in range(1, power_sums.degree + 1)]
         loop = self.loop([X], shifted=False)
         loop.body.append("d = xc - x0c")
-        loop.body += [f"{n} += np.sum({'*'.join(['d'] * k)}, {red})" for k, n in enumerate(names, 1)]
+        loop.body += [f"{n} += np.add.reduce({'*'.join(['d'] * k)}, {red})" for k, n in enumerate(names, 1)]
         out = ["x0 = _first(xb)", "x0c = _cast(x0, xb)"] + [f"{n} = _stat(xb)" for n in names] + loop.lines()
         out += [f"{s.symbol.name} = {self.step_code(s)}" for s in power_sums.steps]
         shifted = self.mean is not None
@@ -143,7 +143,7 @@ class _NumpyBodies:
             exprs = [e for _, e in summed] + [e for _, e in rest]
             loop = self.loop(exprs + [dx] + list(split.totals if split else []), shifted, computed={s for s, _ in sums})
             codes = loop.statements(exprs, shifted)
-            loop.body += [f"{s.name} = np.sum({c}, {red})" for (s, _), c in zip(summed, codes)]
+            loop.body += [f"{s.name} = np.add.reduce({c}, {red})" for (s, _), c in zip(summed, codes)]
             if split:
                 loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split.totals)]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
@@ -156,18 +156,18 @@ class _NumpyBodies:
         exprs = [e for _, e in summed] + [e for _, e in param_sums]
         loop = self.loop(exprs, shifted)
         codes = loop.statements(exprs, shifted)
-        loop.body += [f"{s.name} += np.sum({c}, {red})" for (s, _), c in zip(summed, codes)]
+        loop.body += [f"{s.name} += np.add.reduce({c}, {red})" for (s, _), c in zip(summed, codes)]
         loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes[len(summed):])]
         out = head + [f"{s.name} = _stat(xb)" for s, _ in summed] + self.param_accumulators(param_sums)
         combined = [f"{s.name} = {self.code(total)}" for (s, _), total in zip(sums, split.totals)] if split else []
-        combined += [f"{s.name} = np.sum({st.name}, axis=_NONPARAM)" for s, st in taken]
+        combined += [f"{s.name} = np.add.reduce({st.name}, axis=_NONPARAM)" for s, st in taken]
         return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted)
 
     def param_accumulators(self, param_sums) -> list[str]:
         return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
 
     def param_add(self, s, code: str) -> str:
-        total = f"np.sum({code}, axis=_NONPARAM, dtype=np.float64)"
+        total = f"np.add.reduce({code}, axis=_NONPARAM, dtype=np.float64)"
         # parameters along the first block: a chunk's rows are its own parameters' whole share
         return f"{s.name}[sl] = {total}" if self.p.blocks[0].param else f"{s.name} += {total}"
 
