@@ -270,7 +270,7 @@ def test_generated_modules_need_only_numpy_and_numba():
                 imported |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom):
                 imported.add((node.module or "").split(".")[0])
-        assert imported <= {"numpy", "numba", "math", "sys", "types"}, (path.name, imported)
+        assert imported <= {"numpy", "numba", "math", "sys", "threading", "types", "weakref"}, (path.name, imported)
     # and they run where symbn cannot be imported at all
     script = ("import sys; sys.modules['symbn'] = None; import importlib.util, numpy as np; "
               f"s = importlib.util.spec_from_file_location('m', {str(GENERATED / 'layer_nc_numpy.py')!r}); "
@@ -366,3 +366,23 @@ def test_inputs_up_to_small_take_the_small_path_and_larger_ones_the_large(spec, 
     monkeypatch.setattr(m, "SMALL", data["x"].size - 1)
     with pytest.raises(AssertionError, match="_forward_train ran"):
         m.forward_train(data["x"], *params_of(m, data))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_outputs_reuse_memory_only_once_no_view_of_it_is_left(backend):
+    """A new output of 1 MiB or more takes the memory of an earlier one of its size once that output and all its
+    views are gone, never while a view of it is alive."""
+    m = catalogue_module("layer_nc", backend)
+    rng = np.random.default_rng(0)
+    x, other = rng.normal(size=(2, 512, 512))  # 2 MiB each in float64: over SMALL, and pooled
+    gamma, beta = np.ones(512), np.zeros(512)
+    first = m.forward_train(x, gamma, beta)[0]
+    address, view, kept = first.ctypes.data, first[1:].T, first[1:].T.copy()
+    del first
+    second = m.forward_train(other, gamma, beta)[0]
+    assert second.ctypes.data != address and np.array_equal(view, kept)  # the view's memory is not reused
+    assert np.array_equal(second, m.forward_train(other, gamma, beta, out=np.empty_like(other))[0])
+    addresses = {address, second.ctypes.data}
+    del view, second
+    third = m.forward_train(x, gamma, beta)[0]
+    assert third.ctypes.data in addresses and third.flags.writeable and third.flags.c_contiguous
