@@ -58,20 +58,17 @@ class _Nest:
             f"{k} = coef[{j}, s]" for j, (k, _) in enumerate(lp.coefficients) if k in read)
         inner += loads + lines
         inner += [f"out[{self.elem}] = {code}" for code in codes[:outputs]]
-        for j, code in enumerate(codes[outputs:outputs + sums]):
-            if self.stat_outer:
-                pre.append(f"a{j} = 0.0")
-                inner.append(f"a{j} += {code}")
-                post.append(f"acc[{j}, s] += a{j}")
-            else:
-                inner.append(f"acc[{j}, s] += {code}")
-        for j, code in enumerate(codes[outputs + sums:]):
-            if self.param_outer:
-                pre.append(f"g{j} = 0.0")
-                inner.append(f"g{j} += {code}")
-                post.append(f"grads[{j}, pf] += g{j}")
-            else:
-                inner.append(f"grads[{j}, pf] += {code}")
+        # sums into acc[j, s] per statistic, then into grads[j, pf] per parameter: through a float64 register where
+        # the index stays fixed over the innermost loop
+        for codes_, target, register, outer in ((codes[outputs:outputs + sums], "acc[{}, s]", "a{}", self.stat_outer),
+                                               (codes[outputs + sums:], "grads[{}, pf]", "g{}", self.param_outer)):
+            for j, code in enumerate(codes_):
+                if outer:
+                    pre.append(f"{register.format(j)} = 0.0")
+                    inner.append(f"{register.format(j)} += {code}")
+                    post.append(f"{target.format(j)} += {register.format(j)}")
+                else:
+                    inner.append(f"{target.format(j)} += {code}")
         coefficients = self.coefficients(lp)
         return dict(pre=pre, inner=inner, post=post, coefficients=coefficients, count=len(lp.coefficients),
                     uses=reads(pre, inner, post, coefficients))
