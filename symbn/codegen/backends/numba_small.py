@@ -35,7 +35,8 @@ class _Nest:
         self.loops = [f"for i{i} in range(n{i}):" for i in range(n)]
         self.elem = ", ".join(f"i{i}" for i in range(n))
         self.stat, self.pf = flat_index(kept), flat_index(param)
-        self.unravel = loop_space(kept, [], "s")["unravel"]
+        space = loop_space(kept, [], "s")  # a statistic's block indices from its flat index s
+        self.unravel, self.stat_count = space["unravel"], space["count"]
         self.stat_outer = p.blocks[-1].reduced
         self.param_outer = not p.blocks[-1].param
 
@@ -69,9 +70,7 @@ class _Nest:
                     post.append(f"{target.format(j)} += {register.format(j)}")
                 else:
                     inner.append(f"{target.format(j)} += {code}")
-        coefficients = self.coefficients(lp)
-        return dict(pre=pre, inner=inner, post=post, coefficients=coefficients, count=len(lp.coefficients),
-                    uses=reads(pre, inner, post, coefficients))
+        return dict(pre=pre, inner=inner, post=post, coefficients=self.coefficients(lp), count=len(lp.coefficients))
 
     def coefficients(self, lp: Loop) -> list[str]:
         """Per statistic s: the statistics and parameters (where fixed over the set) the coefficients read, then
@@ -98,7 +97,6 @@ def small(lw: Lowering) -> dict:
     sl: SmallLoops = small_loops(lw)
     nest = _Nest(p)
     n = len(p.blocks)
-    kept = [i for i in range(n) if not p.blocks[i].reduced]
     train, moments = [], None
     if sl.powers is not None:
         steps = [(s.symbol.name, nest.per_stat[s.symbol], f"({nest.code(s.expr)}) / ({nest.code(s.denominator)})"
@@ -110,13 +108,11 @@ def small(lw: Lowering) -> dict:
             train.append(dict(name=step.symbol.name, reduce=True, denominator=nest.code(step.denominator),
                               **nest.pass_(step.summand, 0, 1, 0)))
         else:
-            train.append(dict(name=step.symbol.name, reduce=False, local=nest.per_stat[step.symbol], code=nest.code(step.expr),
+            train.append(dict(name=step.symbol.name, reduce=False, code=nest.code(step.expr),
                               loads=nest.loads([step.expr])))
     param_count = len(p.param_sums)
-    space = loop_space(kept, [], "s")
     ctx = checks(p) | dict(
-        loops=nest.loops, elem=nest.elem,
-        stats=space["count"], unravel=space["unravel"], param_flat=nest.pf,
+        loops=nest.loops, elem=nest.elem, stats=nest.stat_count, unravel=nest.unravel, param_flat=nest.pf,
         first=", ".join("0" if b.reduced else f"i{i}" for i, b in enumerate(p.blocks)),
         train=train, moments=moments, train_names=[s.symbol.name for s in sl.train],
         eval_steps=[(s.name, nest.code(e)) for s, e in sl.eval_steps],
