@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from symbn.core import epilogue as epilogues
 from symbn.core import spec as specs
 from symbn.core.expr import ExpressionError
 from symbn.core.graph import GraphError
@@ -33,6 +34,7 @@ FLAGS = {
     "ddof": "--ddof",
     "running": "--running",
     "momentum": "--momentum",
+    "epilogue": "--epilogue",
     "center": "center (--no-center)",
     "scale": "scale (--no-scale)",
     "name": "--name",
@@ -107,6 +109,9 @@ def add_spec_arguments(p: argparse.ArgumentParser, optional: bool = False) -> No
     p.add_argument("--running", choices=list(specs.RUNNING), default="pytorch",
                    help="running-statistics convention (default pytorch)")
     p.add_argument("--momentum", type=float, help="default 0.1 for pytorch, 0.99 for keras")
+    p.add_argument("--epilogue", choices=list(epilogues.PRESET_EPILOGUES),
+                   help="after a preset: relu (y = relu(norm)) or add_relu (y = relu(norm + r), r a residual "
+                        "input); an expression writes its own, e.g. 'relu(gamma*x/sqrt(mean(x**2) + eps) + r)'")
 
 
 def default_layouts() -> dict[str, str]:
@@ -125,6 +130,8 @@ def default_layouts_text() -> str:
 
 def spec_from_args(a: argparse.Namespace) -> specs.Spec:
     options = dict(eps=a.eps, ddof=a.ddof, running=a.running, momentum=a.momentum)
+    if a.epilogue is not None:  # only where given: an expression's spec has no epilogue= (it writes its own)
+        options["epilogue"] = a.epilogue
     if a.no_center:
         options["center"] = False
     if a.no_scale:

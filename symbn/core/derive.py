@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import sympy
 
+from symbn.core import epilogue as epilogues
 from symbn.core import graph as graphs
 from symbn.core.graph import ELEM, REDUCE, Graph, Node
 from symbn.core.spec import RUNNING, Spec
-from symbn.core.symbols import BETA, DY, GAMMA, M, MOMENTUM, X, XHAT, psum, rsum, sym
+from symbn.core.symbols import BETA, DY, DZ, GAMMA, M, MOMENTUM, R, X, XHAT, Z, psum, rsum, sym
 
-DX, DGAMMA, DBETA = sym("dx"), sym("dgamma"), sym("dbeta")
+DX, DGAMMA, DBETA, DR = sym("dx"), sym("dgamma"), sym("dbeta"), sym("dr")
 
 Program = tuple[tuple[sympy.Symbol, sympy.Expr], ...]
 
@@ -73,6 +74,23 @@ class CoordinateChange:
 
 
 @dataclass(frozen=True)
+class Epilogue:
+    """What follows the normalization z element by element (symbn.core.epilogue): y = f(z, r), and by the chain rule
+    the gradients dz = dy*df/dz, on which the normalization's backward runs, and dr = dy*df/dr."""
+
+    forward: sympy.Expr  # y in Z and R; relu(a) is Max(a, 0)
+    backward: Program  # (dz, ...), then (dr, ...) where the residual r enters
+    residual: bool  # whether r enters
+
+    @property
+    def kinks(self) -> tuple[sympy.Expr, ...]:
+        """Where the derivative jumps: the arguments of the steps (Heaviside) in the backward, in Z and R. Kernels take
+        the step at 0 as 0, as PyTorch's relu does; proofs keep off the kinks."""
+        found = {h.args[0] for _, e in self.backward for h in e.atoms(sympy.Heaviside)}
+        return tuple(sorted(found, key=sympy.default_sort_key))
+
+
+@dataclass(frozen=True)
 class Derivation:
     """Everything derived for one spec. Programs are ordered assignments; rsum/psum are the two reductions."""
 
@@ -91,6 +109,14 @@ class Derivation:
     identities: tuple[tuple[sympy.Expr, sympy.Expr], ...]  # sums the forward's statistics define: sum(x) -> M*mu
     vanishing: Program  # per-element nodes, in x, whose sum over the set the identities make 0: sum(x - mu) = 0
     coordinate_change: CoordinateChange | None  # None when primal
+    # Where the forward ends in an epilogue y = f(z, r): everything above is the normalization z's, with dz (DZ) as
+    # its upstream gradient where it would be dy. None: the normalization's output is y, its upstream gradient dy.
+    epilogue: Epilogue | None = None
+
+    @property
+    def upstream(self) -> sympy.Symbol:
+        """The gradient the normalization's backward programs start from: dy, or dz after an epilogue."""
+        return DY if self.epilogue is None else DZ
 
     @property
     def rewrites(self) -> tuple[tuple[str, sympy.Expr], ...]:
@@ -134,16 +160,47 @@ def derive(spec: Spec) -> Derivation:
     if not isinstance(spec, Spec):
         raise TypeError(f"spec: expected a symbn.Spec (from symbn.preset, symbn.custom or symbn.make); "
                         f"got {type(spec).__name__} {spec!r:.60}")
-    return Derivation(spec, **_derive(spec.tree, spec.expression, spec.center, spec.scale, spec.ddof,
-                                      spec.param_varies, spec.running if spec.tracks_running else None))
+    core, tail = epilogues.split(spec.tree, spec.expression)
+    return Derivation(spec, **_derive(core, spec.expression, spec.center, spec.scale, spec.ddof, spec.param_varies,
+                                      spec.running if spec.tracks_running else None, tail is not None),
+                      epilogue=None if tail is None else _epilogue(tail))
 
 
 @functools.lru_cache(maxsize=None)
-def _derive(tree, text, center, scale, ddof, param_varies, running: str | None) -> dict:
-    """*running*: the running-statistics convention, None where the spec keeps none (no eval mode of its own)."""
-    g = graphs.build(tree, text=text, center=center, scale=scale, ddof=ddof)
-    steps, staged = _reverse(g)
-    varying = {X, DY} | ({GAMMA, BETA} if param_varies else set())
+def _epilogue(tree: tuple) -> Epilogue:
+    """The epilogue's forward in Z and R from its tree, and its gradients by SymPy's diff."""
+    f = _sympy_epilogue(tree)
+    backward = [(DZ, DY * _diff(f, Z))]
+    residual = R in f.free_symbols
+    if residual:
+        backward.append((DR, DY * _diff(f, R)))
+    return Epilogue(f, tuple(backward), residual)
+
+
+def _sympy_epilogue(tree: tuple) -> sympy.Expr:
+    kind = tree[0]
+    if kind == "z":
+        return Z
+    if kind == "r":
+        return R
+    if kind == "num":
+        return tree[1]
+    args = [_sympy_epilogue(t) for t in tree[1:] if isinstance(t, tuple)]
+    if kind == "call" and tree[1] == "relu":
+        return sympy.Max(args[0], 0)
+    if kind == "call" and tree[1] == "max":
+        return sympy.Max(*args)
+    return graphs.apply(tree, args)
+
+
+@functools.lru_cache(maxsize=None)
+def _derive(tree, text, center, scale, ddof, param_varies, running: str | None, epilogue: bool = False) -> dict:
+    """*running*: the running-statistics convention, None where the spec keeps none (no eval mode of its own);
+    *epilogue*: whether an epilogue follows (the output is then z, its upstream gradient dz)."""
+    up = DZ if epilogue else DY
+    g = graphs.build(tree, text=text, center=center, scale=scale, ddof=ddof, output="z" if epilogue else "y")
+    steps, staged = _reverse(g, up)
+    varying = {X, up} | ({GAMMA, BETA} if param_varies else set())
     base = g.base()
     rules = _identities(g, base, varying)
     vanishing = _vanishing(g, base, rules, varying)
@@ -190,12 +247,12 @@ def _derive(tree, text, center, scale, ddof, param_varies, running: str | None) 
     dx, reductions = _name_reductions(sympy.expand(in_coords))
     compact = [(DX, _tidy(dx))]
     stages = _stages(inlined, in_x, pulled, identified, sympy.factor_terms(sympy.expand(in_coords)), compact[0][1])
-    eval_mode = [(DX, _tidy(finish(DY * _diff(base[g.output.symbol], X))))] if running else []
+    eval_mode = [(DX, _tidy(finish(up * _diff(base[g.output.symbol], X))))] if running else []
     for leaf, d in ((GAMMA, DGAMMA), (BETA, DBETA)):
         if leaf in g.leaves:
             compact.append((d, finish(env[d].xreplace(base), reduce_over_set=False)))
             if running:
-                eval_mode.append((d, finish(psum(DY * _diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
+                eval_mode.append((d, finish(psum(up * _diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
     return dict(graph=g, steps=steps, staged=staged, coordinates=tuple(coords), reductions=reductions,
                 compact=tuple(compact), eval_mode=tuple(eval_mode),
                 running=_running(g, ddof, running) if running else (),
@@ -227,11 +284,11 @@ def _diff(e: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
     return sympy.diff(e.replace(sympy.Abs, _RealAbs), s).replace(_RealAbs, sympy.Abs)
 
 
-def _reverse(g: Graph) -> tuple[tuple[Step, ...], Program]:
-    """Staged reverse mode: one step per forward node, last node first."""
+def _reverse(g: Graph, up: sympy.Symbol = DY) -> tuple[tuple[Step, ...], Program]:
+    """Staged reverse mode: one step per forward node, last node first; *up*: the output's given adjoint."""
     level = {X: ELEM, GAMMA: ELEM, BETA: ELEM} | {n.symbol: n.kind for n in g.nodes}
     adjoint = {n.symbol: sym("d" + n.name) for n in g.nodes} | {X: DX, GAMMA: DGAMMA, BETA: DBETA}
-    adjoint[g.output.symbol] = DY
+    adjoint[g.output.symbol] = up
     pending: dict[sympy.Symbol, list[sympy.Expr]] = {}
     steps, program = [], []
     for node in reversed(g.nodes):

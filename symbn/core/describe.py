@@ -68,6 +68,12 @@ def derivation_text(d: Derivation) -> str:
     width = max(len(n.name) for n in d.graph.nodes)
     for i, n in enumerate(d.graph.nodes, 1):
         out.append(f"  {i:2}. {n.name:<{width}} = {text(n.expr):<34} {n.op:<11} {_KIND[n.kind]}")
+    if d.epilogue:
+        out += ["", "epilogue (after the normalization z, element by element)", f"  y = {text(d.epilogue.forward)}",
+                "", "epilogue backward (chain rule; the normalization's backward below starts from dz)"]
+        out += [f"  {s} = {text(e)}" for s, e in d.epilogue.backward]
+        out.append("  Heaviside(a) is 1 where a > 0 and 0 elsewhere: the kernels take the step at a kink as 0, as "
+                   "PyTorch's relu does")
     out += ["", "staged backward (reverse mode: one step per forward node, last first)"]
     for i, step in zip(range(len(d.steps), 0, -1), d.steps):
         passed = "; ".join(f"d{c.target} += {text(c.value)}" for c in step.contributions)

@@ -17,9 +17,12 @@ import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
-NAMES = ("x", "gamma", "beta", "eps")
-FUNCTIONS = ("sqrt", "exp", "log", "abs", "mean", "sum")
+NAMES = ("x", "gamma", "beta", "eps", "r")
+FUNCTIONS = ("sqrt", "exp", "log", "abs", "mean", "sum", "relu", "max")
 REDUCTIONS = ("mean", "sum")
+ARITY = {"max": 2}  # every other function takes one argument
+# What only an epilogue may use (symbn.core.epilogue): the residual r, and the kinks relu() and max().
+EPILOGUE = ("r", "relu", "max")
 OPERATORS = ("+", "-", "*", "/", "**")
 MAX_LENGTH = 1000
 MAX_NODES = 200
@@ -40,7 +43,8 @@ MAX_NESTING = 8  # calls inside calls: exp(exp(...)), log(sqrt(...)); SymPy's fa
 
 ALLOWED = (
     f"names {', '.join(NAMES)}; numbers; operators {' '.join(OPERATORS)}; "
-    f"one-argument calls {', '.join(FUNCTIONS)}"
+    f"one-argument calls {', '.join(f for f in FUNCTIONS if f not in ARITY)}; max(a, b); "
+    f"r (a residual), relu() and max() only in an epilogue applied to the normalized value"
 )
 
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
@@ -144,9 +148,11 @@ class _Walker:
         if name not in FUNCTIONS:
             hint = _FUNCTION_HINTS.get(name)
             self.fail(f"the function {name!r} is not allowed" + (f" ({hint})" if hint else ""))
-        if node.keywords or len(node.args) != 1 or isinstance(node.args[0], ast.Starred):
-            self.fail(f"{name}() takes exactly one positional argument")
-        return ("call", name, self.visit(node.args[0]))
+        arity = ARITY.get(name, 1)
+        if node.keywords or len(node.args) != arity or any(isinstance(a, ast.Starred) for a in node.args):
+            self.fail(f"{name}() takes exactly {'one' if arity == 1 else arity} positional argument"
+                      + ("s" if arity > 1 else ""))
+        return ("call", name, *(self.visit(a) for a in node.args))
 
     def _number(self, value) -> Fraction:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -182,6 +188,8 @@ _FUNCTION_HINTS = {
     "rsqrt": "write 1/sqrt(...)",
     "fabs": "use abs",
     "ln": "log is the natural logarithm",
+    "maximum": "write max(a, b)",
+    "min": "write min(a, b) as -max(-a, -b)",
 }
 
 _HINTS = {
@@ -232,7 +240,7 @@ def to_text(tree: tuple) -> str:
     if kind == "neg":
         return f"-({to_text(tree[1])})"
     if kind == "call":
-        return f"{tree[1]}({to_text(tree[2])})"
+        return f"{tree[1]}({','.join(to_text(t) for t in tree[2:])})"
     symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}[kind]
     return f"({to_text(tree[1])}{symbol}{to_text(tree[2])})"
 
@@ -258,7 +266,7 @@ def _canonical(tree: tuple) -> tuple[str, int]:
     if kind == "num":
         return _number_text(tree[1])
     if kind == "call":
-        return f"{tree[1]}({canonical(tree[2])})", _ATOM
+        return f"{tree[1]}({', '.join(canonical(t) for t in tree[2:])})", _ATOM
     if kind == "neg":
         return "-" + _operand(tree[1], _PRECEDENCE["neg"]), _PRECEDENCE["neg"]
     if kind not in _SYMBOLS:
@@ -410,7 +418,8 @@ class _Sizer:
         if kind in NAMES:
             return _Size(None, 0.0, 1, 1, frozenset([kind]), True)
         if kind == "call":
-            return self.call(tree, tree[1], self.visit(tree[2]))
+            args = [self.visit(t) for t in tree[2:]]
+            return self.maximum(tree, *args) if tree[1] == "max" else self.call(tree, tree[1], args[0])
         if kind == "neg":
             arg = self.visit(tree[1])
             return arg if arg.value is None else self.constant(tree, -arg.value, arg.root, arg.depth)
@@ -444,6 +453,15 @@ class _Sizer:
         if arg.value is not None:
             return self.constant(tree, self.function(tree, name, arg.value), root, depth)
         return self.check(tree, _Size(None, arg.digits, max(1, arg.degree), 1, frozenset([tree]), True, root, depth))
+
+    def maximum(self, tree: tuple, a: _Size, b: _Size) -> _Size:
+        root, depth = math.lcm(a.root, b.root), max(a.depth, b.depth) + 1
+        if depth > MAX_NESTING:
+            self.fail(f"functions nest more than {MAX_NESTING} deep in {self.where(tree)}")
+        if a.value is not None and b.value is not None:
+            return self.constant(tree, max(a.value, b.value), root, depth)
+        return self.check(tree, _Size(None, max(a.digits, b.digits), max(1, a.degree, b.degree), 1,
+                                      frozenset([tree]), True, root, depth))
 
     def note_root(self, tree: tuple, root: int) -> None:
         self.root_lcm = math.lcm(self.root_lcm, root)
@@ -494,6 +512,8 @@ class _Sizer:
     def function(self, tree: tuple, name: str, value):
         if name == "abs":
             return abs(value)
+        if name == "relu":
+            return max(value, Fraction(0))
         if name == "sqrt":
             if value < 0:
                 self.fail(f"the square root of a negative number is complex: {self.where(tree)}")

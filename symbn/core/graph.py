@@ -68,14 +68,15 @@ class Graph:
         return out
 
 
-def build(tree: tuple, *, text: str, center: bool, scale: bool, ddof: int) -> Graph:
-    """Lower a parsed expression tree into a graph; beta (gamma) is replaced by 0 (1) when center (scale) is off."""
+def build(tree: tuple, *, text: str, center: bool, scale: bool, ddof: int, output: str = "y") -> Graph:
+    """Lower a parsed expression tree into a graph; beta (gamma) is replaced by 0 (1) when center (scale) is off.
+    *output*: the name of the last node (z where an epilogue follows)."""
     builder = _Builder(text, center=center, scale=scale, ddof=ddof)
     root = builder.visit(tree)
     if builder.level(root) != ELEM or not builder.depends(root, X):
         folded = f"; it simplifies to {root}" if contains(tree, "x") and not root.is_Symbol else ""
         raise GraphError(text, "the output must vary with x element by element" + folded)
-    nodes = builder.output(root)
+    nodes = builder.output(root, output)
     if not any(n.kind == REDUCE for n in nodes):
         raise GraphError(text, "a normalization needs at least one mean() or sum() over x")
     if ddof and not any(n.central for n in nodes):
@@ -134,7 +135,7 @@ class _Builder:
         if kind == "call" and tree[1] in ("mean", "sum"):
             return self.reduction(tree[1], self.visit(tree[2]))
         args = [self.visit(t) for t in tree[1:] if isinstance(t, tuple)]
-        value = self.defined(tree, _apply(tree, args))
+        value = self.defined(tree, apply(tree, args))
         if self.level(value) is None:  # constants, and what SymPy folds to one: x - x, 0*mean(x), x**0
             return value
         if kind in ("add", "sub") and any(self.level(a) is None for a in args):
@@ -185,8 +186,9 @@ class _Builder:
         self.by_symbol[node.symbol] = node
         return node.symbol
 
-    def output(self, root: sympy.Expr) -> tuple[Node, ...]:
-        """The nodes the output needs, in order, the last one renamed y (dead branches such as 0*f(x) dropped)."""
+    def output(self, root: sympy.Expr, name: str) -> tuple[Node, ...]:
+        """The nodes the output needs, in order, the last one renamed *name* (dead branches such as 0*f(x)
+        dropped)."""
         if not root.is_Symbol:
             root = self.materialize(root, "output")
         if root not in self.by_symbol:  # the output is x itself: no nodes, which build() reports
@@ -199,7 +201,7 @@ class _Builder:
                 stack.extend(self.by_symbol[s].operands)
         nodes = [n for n in self.nodes if n.symbol in needed]
         last = nodes[-1]
-        nodes[-1] = Node("y", sym("y", **assumptions(last.expr, last.kind)), last.expr, last.kind, last.op,
+        nodes[-1] = Node(name, sym(name, **assumptions(last.expr, last.kind)), last.expr, last.kind, last.op,
                          last.operands, last.central)
         return tuple(nodes)
 
@@ -261,7 +263,8 @@ _OPS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "po
         "sqrt": "sqrt", "exp": "exp", "log": "log", "abs": "abs"}
 
 
-def _apply(tree: tuple, args: list[sympy.Expr]) -> sympy.Expr:
+def apply(tree: tuple, args: list[sympy.Expr]) -> sympy.Expr:
+    """The SymPy value of a node of the grammar's arithmetic (and its one-argument functions) on its operands."""
     kind = tree[0]
     if kind == "add":
         return args[0] + args[1]

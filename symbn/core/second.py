@@ -112,6 +112,9 @@ def derive_second(what: Spec | Derivation, mode: str = "train") -> SecondOrder:
         raise ValueError(f"mode: got {mode!r}; expected one of {MODES}")
     d = what if isinstance(what, Derivation) else derive(what)  # derive() refuses anything but a Spec
     spec = d.spec
+    if d.epilogue is not None:
+        raise ValueError(f"what: {spec.name} ends in an epilogue (r, relu() or max()); its double backward is not "
+                         "derived: second order covers normalizations without one")
     if mode == "eval" and not d.eval_mode:
         raise ValueError(f"mode: got 'eval'; expected 'train': {spec.name} keeps no running statistics (its statistics "
                          "do not span the batch axis), so its eval mode is its training computation")

@@ -11,6 +11,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from symbn.core import epilogue as epilogues
 from symbn.core import expr
 
 CENTRED = "(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps)"
@@ -122,6 +123,7 @@ class Spec:
     momentum: float | None = None  # None: the convention's default (0.1 pytorch, 0.99 keras); None without running
     layout: str | None = None
     preset: str | None = None
+    epilogue: str | None = None  # a preset's epilogue (symbn.core.epilogue.PRESET_EPILOGUES): a label, as layout is
     tree: tuple = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -140,6 +142,8 @@ class Spec:
         else:
             where = "r" + "".join(map(str, self.reduce_axes)) + "_p" + "".join(map(str, self.param_axes))
             parts.append(where + f"_nd{self.ndim}" + (f"_g{self.groups}c{self.channel_axis}" if self.groups else ""))
+        if self.epilogue:
+            parts.append(self.epilogue)
         if self.ddof:
             parts.append(f"ddof{self.ddof}")
         if self.preset:
@@ -163,6 +167,12 @@ class Spec:
         return BATCH_AXIS in self.reduce_axes
 
     @property
+    def has_epilogue(self) -> bool:
+        """Whether the forward ends in an epilogue (symbn.core.epilogue): r, relu() or max() after the
+        normalization."""
+        return epilogues.has_epilogue(_exact_tree(self))
+
+    @property
     def param_varies(self) -> bool:
         """Whether gamma/beta can take different values inside one reduction set."""
         return bool(set(self.param_axes) & set(self.reduce_axes))
@@ -173,7 +183,8 @@ class Spec:
         fields = (expr.to_text(_exact_tree(self)), self.ndim, self.reduce_axes, self.param_axes, self.groups,
                   self.channel_axis, self.center, self.scale, self.ddof, self.running)
         if not structural:
-            fields += (repr(self.eps), repr(self.momentum), self.layout, self.preset)
+            fields += (repr(self.eps), repr(self.momentum), self.layout, self.preset) + (
+                (self.epilogue,) if self.epilogue else ())  # specs without one keep the digests they had
         return _digest(repr(fields))
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
@@ -238,6 +249,7 @@ def _validate(spec: Spec) -> None:
     # The spec keeps the expression as rebuilt from the checked tree: the text the user typed (comments, spacing)
     # goes no further than the parser.
     object.__setattr__(spec, "expression", expr.canonical(tree))
+    epilogues.split(tree, spec.expression)  # r, relu() and max() only where an epilogue may have them
     if not _is_int(spec.ndim) or not 1 <= spec.ndim <= 8:
         raise SpecError("ndim", spec.ndim, "an integer from 1 to 8")
     object.__setattr__(spec, "ndim", int(spec.ndim))
@@ -296,12 +308,18 @@ def _validate_names(spec: Spec, tree: tuple) -> None:
             raise SpecError("layout", spec.layout, f"None or one of {', '.join(LAYOUTS)}")
         if spec.ndim != LAYOUTS[spec.layout].ndim:
             raise SpecError("layout", spec.layout, f"a layout of {spec.ndim} dimensions (the spec's ndim), or None")
+    if spec.epilogue is not None and (not isinstance(spec.epilogue, str) or spec.epilogue not in
+                                      epilogues.PRESET_EPILOGUES or spec.preset is None):
+        raise SpecError("epilogue", spec.epilogue, f"None, or with a preset one of "
+                                                   f"{', '.join(epilogues.PRESET_EPILOGUES)} (a custom expression "
+                                                   f"writes its epilogue, e.g. {epilogues.EXAMPLE})")
     if spec.preset is None:
         return
     if not isinstance(spec.preset, str) or spec.preset not in PRESETS:
         raise SpecError("preset", spec.preset, f"None or one of {', '.join(PRESETS)}")
-    if tree != expr.parse_exact(_preset_expression(spec.preset)):
-        raise SpecError("preset", spec.preset, f"None for an expression other than {spec.preset} norm's")
+    if tree != expr.parse_exact(_preset_expression(spec.preset, spec.epilogue)):
+        what = f"{spec.preset} norm's" + (f" with the {spec.epilogue} epilogue" if spec.epilogue else "")
+        raise SpecError("preset", spec.preset, f"None for an expression other than {what}")
     if PRESETS[spec.preset].grouped != bool(spec.groups):
         raise SpecError("groups", spec.groups, "a number of groups for group norm" if PRESETS[spec.preset].grouped
                         else f"None for {spec.preset} norm")
@@ -380,8 +398,10 @@ def _preset_axes(name, layout) -> tuple[int, tuple[int, ...], tuple[int, ...], i
 
 
 def preset(name: str, layout: str | None = None, *, groups: int | None = None, center: bool | None = None,
-           scale: bool = True, **options: object) -> Spec:
-    """The spec of a preset normalization for a layout, e.g. ``preset("group", "NCHW", groups=4)``."""
+           scale: bool = True, epilogue: str | None = None, **options: object) -> Spec:
+    """The spec of a preset normalization for a layout, e.g. ``preset("group", "NCHW", groups=4)``; *epilogue*
+    ("relu", "add_relu": symbn.core.epilogue.PRESET_EPILOGUES) applies relu, or adds a residual r and applies relu,
+    to the normalized value."""
     if not isinstance(name, str) or name not in PRESETS:
         raise SpecError("preset", name, f"one of {', '.join(PRESETS)}")
     row = PRESETS[name]
@@ -393,8 +413,10 @@ def preset(name: str, layout: str | None = None, *, groups: int | None = None, c
             raise SpecError("groups", None, "a positive integer number of groups for group norm")
     elif groups is not None:
         raise SpecError("groups", groups, f"no groups for {name} norm (only group norm splits channels)")
+    if epilogue is not None and (not isinstance(epilogue, str) or epilogue not in epilogues.PRESET_EPILOGUES):
+        raise SpecError("epilogue", epilogue, f"None or one of {', '.join(epilogues.PRESET_EPILOGUES)}")
     return Spec(
-        expression=_preset_expression(name),
+        expression=_preset_expression(name, epilogue),
         ndim=ndim,
         reduce_axes=reduce_axes,
         param_axes=param_axes,
@@ -404,12 +426,14 @@ def preset(name: str, layout: str | None = None, *, groups: int | None = None, c
         scale=scale,
         layout=layout,
         preset=name,
+        epilogue=epilogue,
         **options,
     )
 
 
-def _preset_expression(name: str) -> str:
-    return f"gamma*({PRESETS[name].core}) + beta"
+def _preset_expression(name: str, epilogue: str | None = None) -> str:
+    core = f"gamma*({PRESETS[name].core}) + beta"
+    return epilogues.PRESET_EPILOGUES[epilogue].format(core) if epilogue else core
 
 
 def custom(expression: str, *, ndim: int, axes: Sequence[int], param_axes: Sequence[int], groups: int | None = None,
@@ -449,8 +473,11 @@ def make(what: str, *, layout: str | None = None, like: str | None = None, axes:
             raise SpecError("layout", layout or like, "no layout or like= with explicit axes")
         row = PRESETS[what]
         options.setdefault("center", row.center)
-        return make(_preset_expression(what), axes=axes, param_axes=param_axes, ndim=ndim, groups=groups,
-                    channel_axis=channel_axis, **options).with_options(preset=what)
+        epilogue = options.pop("epilogue", None)
+        if epilogue is not None and (not isinstance(epilogue, str) or epilogue not in epilogues.PRESET_EPILOGUES):
+            raise SpecError("epilogue", epilogue, f"None or one of {', '.join(epilogues.PRESET_EPILOGUES)}")
+        return make(_preset_expression(what, epilogue), axes=axes, param_axes=param_axes, ndim=ndim, groups=groups,
+                    channel_axis=channel_axis, **options).with_options(preset=what, epilogue=epilogue)
     if what.isidentifier() and what not in expr.NAMES:
         raise SpecError("preset", what, f"one of {', '.join(PRESETS)}, or a forward expression such as '{RMS}'")
     if like is not None:

@@ -16,6 +16,10 @@ EPS = sympy.Symbol("eps", positive=True)
 M = sympy.Symbol("M", positive=True, integer=True)
 DY = sympy.Symbol("dy", real=True)
 XHAT = sympy.Symbol("xhat", real=True)
+# An epilogue (symbn.core.epilogue): the normalized value z it takes, the residual r, and the gradient of z.
+Z = sympy.Symbol("z", real=True)
+R = sympy.Symbol("r", real=True)
+DZ = sympy.Symbol("dz", real=True)
 MOMENTUM = sympy.Symbol("momentum", positive=True)
 # The upstream gradients of the second order (symbn.core.second): of dx, dgamma and dbeta, each given per element
 # (gggamma and ggbeta hold one value per parameter, broadcast over the elements that parameter scales).
@@ -24,7 +28,7 @@ GGGAMMA = sympy.Symbol("gggamma", real=True)
 GGBETA = sympy.Symbol("ggbeta", real=True)
 
 # Names a graph node may not take (xhat may: the node that computes the normalized value is named so).
-RESERVED = frozenset({"x", "gamma", "beta", "eps", "M", "dy", "momentum"})
+RESERVED = frozenset({"x", "gamma", "beta", "eps", "M", "dy", "momentum", "z", "r", "dz", "dr"})
 
 
 class _SetSum(sympy.Function):

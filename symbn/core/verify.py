@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, Program
+from symbn.core.derive import DBETA, DGAMMA, DR, DX, Derivation, Program
 from symbn.core.graph import GraphError
-from symbn.core.symbols import BETA, DY, EPS, GAMMA, M, MOMENTUM, X, psum, rsum
+from symbn.core.symbols import BETA, DY, EPS, GAMMA, M, MOMENTUM, R, X, Z, psum, rsum, sym
 
 
 @dataclass(frozen=True)
@@ -214,15 +214,19 @@ def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
     constants = {EPS: sympy.Rational(rng.randint(1, 9), 10), MOMENTUM: sympy.Rational(1, 10)}
     point = {s: rational() for s in xs + gs + bs}
     dys = [rational() for _ in range(n)]
+    # The residual of an epilogue, drawn after everything else so that the proofs without one keep their points.
+    rs = sympy.symbols(f"r_0:{n}", real=True) if derivation.epilogue and derivation.epilogue.residual else ()
+    point |= {s: rational() for s in rs}
     problems = []
     for attempt in range(ATTEMPTS):
         if attempt:
             lo, hi = _RANGES[(attempt - 1) % len(_RANGES)]
             constants = {EPS: sympy.Rational(rng.randint(1, 9), 10), MOMENTUM: sympy.Rational(1, 10)}
             point = {s: lo + (hi - lo) * sympy.Rational(rng.randint(1, 63), 64) for s in xs + gs + bs}
+            point |= {s: rational() for s in rs}
         try:
             checked, worst = _prove_at(derivation, shape, stat_ids, param_ids, constants, xs, gs, bs, point, dys,
-                                       elements.tolist())
+                                       elements.tolist(), rs)
         except _Singular as err:
             problems.append(err)
             continue
@@ -255,15 +259,27 @@ def unproved(spec, shape, problems: list, derived: str, source: str, proved: str
                                        f"{problems[0]}), so the {proved} cannot be proved")
 
 
-def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs, gs, bs, point, dys, elements):
-    """The proof at one point; *elements*: the index in *shape* (C order) of each element written out."""
+def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs, gs, bs, point, dys, elements,
+              rs=()):
+    """The proof at one point; *elements*: the index in *shape* (C order) of each element written out; *rs*: the
+    residual's symbols, where an epilogue takes one."""
     forward = tuple((node.symbol, node.expr) for node in derivation.graph.nodes)
+    output = derivation.graph.output.symbol
+    epilogue = derivation.epilogue
+    head: Program = ()  # the epilogue's backward, which gives the normalization's backward its upstream gradient dz
+    if epilogue is not None:
+        output = sym("y")
+        forward += ((output, epilogue.forward.xreplace({Z: derivation.graph.output.symbol})),)
+        head = tuple((s, e.xreplace({Z: derivation.graph.output.symbol})) for s, e in epilogue.backward)
 
-    def inputs(run: Interpreter) -> Interpreter:
-        run.bind(X, [point[s] for s in xs])
-        run.bind(GAMMA, [point[gs[p]] for p in param_ids])
-        run.bind(BETA, [point[bs[p]] for p in param_ids])
-        run.bind(DY, dys)
+    def inputs(run: Interpreter, symbolic: bool = False) -> Interpreter:
+        run.bind(X, xs if symbolic else [point[s] for s in xs])
+        run.bind(GAMMA, [gs[p] if symbolic else point[gs[p]] for p in param_ids])
+        run.bind(BETA, [bs[p] if symbolic else point[bs[p]] for p in param_ids])
+        if rs:
+            run.bind(R, rs if symbolic else [point[s] for s in rs])
+        if not symbolic:
+            run.bind(DY, dys)
         return run
 
     # The forward at the point first: cheap, and where it is undefined the point is no good.
@@ -271,26 +287,29 @@ def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs,
     for symbol, expr in forward:
         values.env[symbol] = values.evaluate(expr)
         _defined(values.env[symbol], f"the forward's {symbol}", elements)
+    for kink in epilogue.kinks if epilogue else ():  # where the derivative jumps it is not proved (nor defined)
+        at = values.evaluate(kink.xreplace({Z: derivation.graph.output.symbol}))
+        if any(abs(sympy.N(v, 30)) < 1e-25 for v in at):
+            raise _Singular(f"the epilogue's {kink} is 0, a kink, at one element")
 
     # Brute force: y element by element, differentiated by SymPy with no knowledge of the derivation.
-    symbolic = Interpreter(stat_ids, param_ids, constants)
-    symbolic.bind(X, xs)
-    symbolic.bind(GAMMA, [gs[p] for p in param_ids])
-    symbolic.bind(BETA, [bs[p] for p in param_ids])
+    symbolic = inputs(Interpreter(stat_ids, param_ids, constants), symbolic=True)
     symbolic.run(forward)
-    gradient = _loss_gradient(dys, symbolic.env[derivation.graph.output.symbol], point)
+    gradient = _loss_gradient(dys, symbolic.env[output], point)
     expected = {DX: [gradient(s) for s in xs]}
     leaves = derivation.graph.leaves
     if GAMMA in leaves:
         expected[DGAMMA] = [gradient(gs[p]) for p in param_ids]
     if BETA in leaves:
         expected[DBETA] = [gradient(bs[p]) for p in param_ids]
+    if rs:
+        expected[DR] = [gradient(s) for s in rs]
     for symbol, want in expected.items():
         _defined(want, f"the brute-force {symbol}", elements)
 
     results = []
-    for label, programs in (("staged", (derivation.staged,)),
-                            ("compact", (derivation.coordinates, derivation.reductions, derivation.compact))):
+    for label, programs in (("staged", (head, derivation.staged)),
+                            ("compact", (head, derivation.coordinates, derivation.reductions, derivation.compact))):
         numeric = inputs(Interpreter(stat_ids, param_ids, constants))
         numeric.run(forward)
         for program in programs:

@@ -350,7 +350,7 @@ def _across_section(d: Derivation, w: Writer) -> dict | None:
         f"$1 + {s.degree} S$ numbers for $S$ statistics. Backward, its count and the sums "
         f"{', '.join(backward)}: $1 + {len(p.sums)} S$ numbers. Central sums about each process's own mean join "
         "exactly, without the cancellation plain sums of powers suffer when the mean is large. Two shares "
-        "$(n_a, m_a, c_{a,k})$ and $(n_b, m_b, c_{b,k})$, with $\delta = m_b - m_a$, join as (Chan, Golub and "
+        r"$(n_a, m_a, c_{a,k})$ and $(n_b, m_b, c_{b,k})$, with $\delta = m_b - m_a$, join as (Chan, Golub and "
         "LeVeque for $c_2$, Pebay for higher sums):")
     rounds = ""
     for r, sums in enumerate(s.rounds, 1):  # statistics that are not sums of polynomials in x
@@ -626,6 +626,9 @@ def catalog_documents(specs: list[Spec] | None = None, jobs: int | None = None,
 def single(spec: Spec, fmt: str, out_dir: Path | None, jobs: int | None = None,
            generated: Path = CATALOGUE_DIR) -> tuple[str, bool]:
     """The document for one spec (``symbn derive --format``), linking *generated* relative to *out_dir*."""
+    from symbn.codegen.key import require_kernels
+
+    require_kernels(spec)  # a document reports the kernels' checks beside the proofs
     evidence = gather([spec], jobs, generated)[spec]
     text = document(spec, fmt, evidence, link_base=relative_link(generated, out_dir or Path.cwd()))
     return text, passed(evidence)

@@ -236,3 +236,28 @@ def test_console_script_usage_error():
                             timeout=60)
     assert result.returncode == 2
     assert "groups" in result.stderr and result.stdout == ""
+
+
+# --- epilogues -------------------------------------------------------------------------------------------------
+
+
+def test_derive_an_epilogue_shows_it_and_the_normalization_on_its_gradient(capsys):
+    out = run(capsys, "derive", "batch", "--layout", "NCHW", "--epilogue", "add_relu")
+    assert section(out, "epilogue (after")[0] == "y = Max(0, r + z)"
+    assert section(out, "epilogue backward")[:2] == ["dz = dy*Heaviside(r + z)", "dr = dy*Heaviside(r + z)"]
+    assert compact(out)["dx"] == "gamma*istd*(M*dz - sum_dz - sum_dz_xhat*xhat)/M"
+    assert section(out, "forward graph")[-1].split()[1] == "z"
+
+
+def test_an_epilogue_is_not_generated_and_nothing_is_written(capsys, tmp_path):
+    err = fails(capsys, "generate", "batch", "--epilogue", "relu", "-o", str(tmp_path / "out"))
+    assert "--epilogue: got 'relu'" in err and "no kernels" in err
+    assert not (tmp_path / "out").exists()
+    err = fails(capsys, "generate", "relu(x - mean(x)) + r", "--axes", "0", "--param-axes", "none",
+                "-o", str(tmp_path / "out"))
+    assert "PRESET_OR_EXPR" in err and "no kernels" in err
+
+
+def test_an_epilogue_on_an_expression_is_refused_as_a_flag(capsys):
+    err = fails(capsys, "derive", "relu(x - mean(x))", "--axes", "0", "--param-axes", "none", "--epilogue", "relu")
+    assert err.startswith("symbn: error: --epilogue: got 'relu'; expected") and "writes its epilogue" in err

@@ -96,7 +96,10 @@ def test_whitespace_does_not_change_the_tree():
     ("x + y", "'y'"),
     ("__import__", "'__import__'"),
     ("print(x)", "'print'"),  # calls outside the list
-    ("max(x)", "'max'"),
+    ("min(x)", "'min'"),
+    ("max(x)", "max() takes exactly 2"),  # max takes two arguments, every other function one
+    ("max(x, r, 1)", "max() takes exactly 2"),
+    ("relu(x, r)", "relu() takes exactly one"),
     ("eval('1')", "'eval'"),
     ("__import__('os').system('touch /tmp/x')", "system"),
     ("lambda: x", "Lambda"),
@@ -237,7 +240,7 @@ def test_other_hostile_shapes(tmp_path, text):
 
 # --- properties ------------------------------------------------------------------------------------------------
 
-_KINDS = {"x", "gamma", "beta", "eps", "num", "add", "sub", "mul", "div", "pow", "neg", "call"}
+_KINDS = {"x", "gamma", "beta", "eps", "r", "num", "add", "sub", "mul", "div", "pow", "neg", "call"}
 
 
 def _well_formed(tree) -> bool:
@@ -248,7 +251,9 @@ def _well_formed(tree) -> bool:
     if kind == "num":
         return len(tree) == 2 and isinstance(tree[1], sympy.Rational)
     if kind == "call":
-        return tree[1] in ("sqrt", "exp", "log", "abs", "mean", "sum") and _well_formed(tree[2])
+        arity = 2 if tree[1] == "max" else 1
+        return (tree[1] in ("sqrt", "exp", "log", "abs", "mean", "sum", "relu", "max") and len(tree) == 2 + arity
+                and all(_well_formed(t) for t in tree[2:]))
     return all(_well_formed(t) for t in tree[1:])
 
 
@@ -267,7 +272,8 @@ def test_arbitrary_text_only_raises_expression_error(text):
     _parse_or_refuse(text)
 
 
-_TOKENS = ["x", "gamma", "beta", "eps", "sqrt", "exp", "log", "abs", "mean", "sum", "(", ")", "+", "-", "*", "/",
+_TOKENS = ["x", "gamma", "beta", "eps", "r", "sqrt", "exp", "log", "abs", "mean", "sum", "relu", "max", "(", ")", "+",
+           "-", "*", "/",
            "**", "0", "1", "2", "9", "0.5", "1e-5", "1e400", "10000000000000", ".", " ", ",", "y", "os", "j", "_"]
 
 
