@@ -352,6 +352,12 @@ class _Norm(Layer):
         self.dbeta = None if self.beta is None else np.zeros_like(self.beta)
         self._cache = None
         self._dy = None  # the last backward's upstream gradient, for double_backward
+        # A fused epilogue (epilogue="relu" or "add_relu"): forward(x, r) takes the residual r with add_relu, and
+        # backward sets dr, its gradient, beside dgamma and dbeta.
+        self.epilogue = spec.epilogue
+        self.residual = spec.epilogue == "add_relu"
+        self.dr = None
+        self._r = None  # the last forward's residual, as the kernel's layout
 
     # --- hooks ---------------------------------------------------------------------------------------------------
     def _view(self, x: np.ndarray) -> np.ndarray:
@@ -370,11 +376,19 @@ class _Norm(Layer):
     def _train(self, xv: np.ndarray, params: tuple, running: tuple = (), momentum: float | None = None) -> tuple:
         """The training forward kernel: (y, *saved), running statistics updated in place with *momentum*."""
         options = {} if momentum is None else {"momentum": momentum}
-        return self.kernels.forward_train(xv, *params, *running, eps=self.eps, **options)
+        return self.kernels.forward_train(xv, *self._residual(), *params, *running, eps=self.eps, **options)
 
     def _train_backward(self, dy: np.ndarray, xv: np.ndarray, gamma: np.ndarray, saved: list) -> tuple:
-        """The training backward kernel: (dx, *parameter gradients)."""
-        return self.kernels.backward(dy, xv, gamma, *saved, eps=self.eps)
+        """The training backward kernel: (dx, dr where there is a residual, *parameter gradients)."""
+        return self.kernels.backward(dy, xv, *self._residual(), *self._backward_params(gamma), *saved, eps=self.eps)
+
+    def _residual(self) -> tuple:
+        """The residual the kernels take after x, where the epilogue adds one."""
+        return (self._r,) if self.residual else ()
+
+    def _backward_params(self, gamma: np.ndarray) -> tuple:
+        """What the backward kernels take after r: gamma, and beta inside an epilogue (its mask reads it)."""
+        return self._params() if self.epilogue else (gamma,)
 
     # --- forward and backward ------------------------------------------------------------------------------------
     def _params(self) -> tuple[np.ndarray, ...]:
@@ -391,9 +405,19 @@ class _Norm(Layer):
     def _too_few(self, xv: np.ndarray) -> bool:
         return self.spec.set_size(xv.shape) < 2
 
-    def forward(self, x: ArrayLike) -> np.ndarray:
+    def forward(self, x: ArrayLike, r: ArrayLike | None = None) -> np.ndarray:
+        """y for x; *r*: the residual, with epilogue="add_relu" (y = relu(norm(x) + r)), an array like x."""
         x = self._check(x)
         xv = self._view(x)
+        if self.residual:
+            if r is None:
+                raise TypeError(f"r: {self!r} adds a residual (epilogue='add_relu'): expected an array like x; got None")
+            r = as_array("r", r, None, "float32 or float64 numbers")
+            if r.shape != x.shape:
+                raise ValueError(f"r: expected the shape of x {x.shape}; got {r.shape}")
+            self._r = self._view(np.ascontiguousarray(r, dtype=x.dtype))
+        elif r is not None:
+            raise TypeError(f"r: {self!r} takes no residual (only epilogue='add_relu' does); got {type(r).__name__}")
         running = self._running()
         if self.training or running is None:
             if self._too_few(xv):
@@ -406,7 +430,7 @@ class _Norm(Layer):
             self._cache = (x.shape, xv, saved, None)
             self._dy = None
         else:
-            y = self.eval_kernels.forward_eval(xv, *self._params(), *running, eps=self.eps)
+            y = self.eval_kernels.forward_eval(xv, *self._residual(), *self._params(), *running, eps=self.eps)
             # the running statistics this forward used, for backward: a later load_state_dict must not change them
             self._cache = (x.shape, xv, None, tuple(np.array(r, copy=True) for r in running))
             self._dy = None
@@ -428,7 +452,11 @@ class _Norm(Layer):
         if saved is not None:
             dx, *dparams = self._train_backward(dy, xv, gamma, saved)
         else:
-            dx, *dparams = self.eval_kernels.backward_eval(dy, xv, gamma, *running, eps=self.eps)
+            dx, *dparams = self.eval_kernels.backward_eval(dy, xv, *self._residual(), *self._backward_params(gamma),
+                                                           *running, eps=self.eps)
+        if self.residual:
+            dr, *dparams = dparams
+            self.dr = dr.reshape(shape)
         for name, d in zip(("gamma", "beta"), dparams):
             if name in self.trained:
                 setattr(self, "d" + name, d.reshape(self.gamma.shape).astype(self.dtype))
@@ -441,6 +469,9 @@ class _Norm(Layer):
         computed from dy (in eval mode, with the statistics held constant, as that backward had them). ggx has the
         shape of x, gggamma and ggbeta that of gamma; None is zero. Gradient penalties and Hessian-vector products
         need it; the kernels' double_backward does the work."""
+        if self.epilogue:
+            raise NotImplementedError(f"{self!r}: the second order of an epilogue is not derived (symbn.core.second "
+                                      "covers normalizations without one)")
         if self._cache is None or getattr(self, "_dy", None) is None:
             raise RuntimeError(f"{type(self).__name__}.double_backward: call forward and backward first")
         shape, xv, saved, running = self._cache
@@ -474,6 +505,10 @@ class _Norm(Layer):
 
     def gradients(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, "d" + name) for name in self.trained}
+
+
+def _epilogue_text(layer: _Norm) -> str:
+    return f", epilogue={layer.epilogue!r}" if layer.epilogue else ""
 
 
 def _layout(layout: str, allowed: tuple[str, ...] = tuple(LAYOUTS)) -> str:
@@ -558,7 +593,8 @@ class BatchNorm(_Running):
     def __init__(self, num_features: int, layout: str = "NC", *, eps: float | None = None,
                  momentum: float | Default | None = DEFAULT, running: str = "pytorch", ddof: int = 0,
                  affine: bool = True, center: bool | None = None, scale: bool | None = None,
-                 track_running_stats: bool = True, backend: str = "numpy", dtype: DTypeLike = np.float64):
+                 track_running_stats: bool = True, backend: str = "numpy", dtype: DTypeLike = np.float64,
+                 epilogue: str | None = None):
         if not isinstance(running, str) or running not in RUNNING:
             raise ValueError(f"running: expected one of {', '.join(RUNNING)}; got {running!r}")
         if isinstance(ddof, (bool, np.bool_)) or ddof not in (0, 1):
@@ -573,7 +609,8 @@ class BatchNorm(_Running):
         flags = _options(scale=affine if scale is None else scale, center=affine if center is None else center)
         num_features = positive_int("num_features", num_features)
         layout = _layout(layout, (*LAYOUTS, CHANNELS_LAST))
-        spec = preset("batch", "NC" if layout == CHANNELS_LAST else layout, running=running, ddof=int(ddof), eps=eps)
+        spec = preset("batch", "NC" if layout == CHANNELS_LAST else layout, running=running, ddof=int(ddof), eps=eps,
+                      epilogue=epilogue)
         self.running = running
         super().__init__(spec, num_features, backend, dtype, eps, momentum, track_running_stats, layout=layout,
                          **flags)
@@ -607,25 +644,26 @@ class BatchNorm(_Running):
         momentum = "None" if self.momentum is None else f"{self.momentum:g}"
         ddof = ", ddof=1" if self.spec.ddof else ""
         return (f"BatchNorm({self.num_channels}, {self.layout!r}, eps={self.eps:g}, momentum={momentum}, "
-                f"running={self.running!r}{ddof}, backend={self.backend!r})")
+                f"running={self.running!r}{ddof}{_epilogue_text(self)}, backend={self.backend!r})")
 
 
 class GroupNorm(_PerChannel):
     """Group norm: statistics per sample and group of num_channels // num_groups channels (and all positions)."""
 
     def __init__(self, num_groups: int, num_channels: int, layout: str = "NCHW", *, eps: float = 1e-5,
-                 affine: bool = True, backend: str = "numpy", dtype: DTypeLike = np.float64):
+                 affine: bool = True, backend: str = "numpy", dtype: DTypeLike = np.float64,
+                 epilogue: str | None = None):
         num_groups = positive_int("num_groups", num_groups)
         num_channels = positive_int("num_channels", num_channels)
         if num_channels % num_groups:
             raise ValueError(f"num_channels: expected a multiple of num_groups={num_groups}; got {num_channels}")
         self.num_groups = num_groups
         affine = flag("affine", affine)
-        spec = preset("group", _layout(layout), groups=num_groups, eps=check_eps(eps))
+        spec = preset("group", _layout(layout), groups=num_groups, eps=check_eps(eps), epilogue=epilogue)
         super().__init__(spec, num_channels, backend, dtype, eps, scale=affine, center=affine)
 
     def __repr__(self) -> str:
-        return f"GroupNorm({self.num_groups}, {self.num_channels}, {self.layout!r}, eps={self.eps:g})"
+        return f"GroupNorm({self.num_groups}, {self.num_channels}, {self.layout!r}, eps={self.eps:g}{_epilogue_text(self)})"
 
 
 class InstanceNorm(_Running):
@@ -642,15 +680,15 @@ class InstanceNorm(_Running):
 
     def __init__(self, num_features: int, layout: str = "NCHW", *, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = False, track_running_stats: bool = False, backend: str = "numpy",
-                 dtype: DTypeLike = np.float64):
+                 dtype: DTypeLike = np.float64, epilogue: str | None = None):
         num_features = positive_int("num_features", num_features)
         affine = flag("affine", affine)
         layout = _layout(layout, ("NCL", "NCHW", "NHWC", "NCDHW"))
-        spec = preset("instance", layout, eps=check_eps(eps))
+        spec = preset("instance", layout, eps=check_eps(eps), epilogue=epilogue)
         super().__init__(spec, num_features, backend, dtype, eps, check_momentum(momentum), track_running_stats,
                          scale=affine, center=affine)
         if self.track_running_stats:
-            self.eval_kernels = load(preset("batch", layout), backend)
+            self.eval_kernels = load(preset("batch", layout, epilogue=epilogue), backend)
 
     def _forward_train(self, xv, params):
         y, saved = super()._forward_train(xv, params)
@@ -667,7 +705,7 @@ class InstanceNorm(_Running):
 
     def __repr__(self) -> str:
         running = ", track_running_stats=True" if self.track_running_stats else ""
-        return f"InstanceNorm({self.num_channels}, {self.layout!r}, eps={self.eps:g}{running})"
+        return f"InstanceNorm({self.num_channels}, {self.layout!r}, eps={self.eps:g}{running}{_epilogue_text(self)})"
 
 
 class _Trailing(_Norm):
@@ -676,7 +714,7 @@ class _Trailing(_Norm):
 
     per = "sample"
 
-    def __init__(self, name, normalized_shape, affine, backend, dtype, eps):
+    def __init__(self, name, normalized_shape, affine, backend, dtype, eps, epilogue=None):
         affine = flag("elementwise_affine", affine)
         if isinstance(normalized_shape, (int, np.integer)):
             shape = (normalized_shape,)
@@ -695,8 +733,8 @@ class _Trailing(_Norm):
         self.normalized_shape = tuple(int(n) for n in shape)
         if math.prod(self.normalized_shape) < 2:
             raise ValueError(f"normalized_shape: expected more than 1 element to normalize; got {shape}")
-        super().__init__(preset(name, "NC", eps=check_eps(eps)), self.normalized_shape, backend, dtype, eps,
-                         scale=affine, center=affine)
+        super().__init__(preset(name, "NC", eps=check_eps(eps), epilogue=epilogue), self.normalized_shape, backend,
+                         dtype, eps, scale=affine, center=affine)
 
     def _check(self, x):
         x = super()._check(x)
@@ -717,11 +755,11 @@ class LayerNorm(_Trailing):
     """Layer norm over the trailing normalized_shape (as torch.nn.LayerNorm)."""
 
     def __init__(self, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 backend: str = "numpy", dtype: DTypeLike = np.float64):
-        super().__init__("layer", normalized_shape, elementwise_affine, backend, dtype, eps)
+                 backend: str = "numpy", dtype: DTypeLike = np.float64, epilogue: str | None = None):
+        super().__init__("layer", normalized_shape, elementwise_affine, backend, dtype, eps, epilogue)
 
     def __repr__(self) -> str:
-        return f"LayerNorm({self.normalized_shape}, eps={self.eps:g})"
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps:g}{_epilogue_text(self)})"
 
 
 class RMSNorm(_Trailing):
@@ -729,8 +767,8 @@ class RMSNorm(_Trailing):
     eps=None means the dtype's machine epsilon; pass that explicitly to match it)."""
 
     def __init__(self, normalized_shape: int | tuple[int, ...], *, eps: float = 1e-5, elementwise_affine: bool = True,
-                 backend: str = "numpy", dtype: DTypeLike = np.float64):
-        super().__init__("rms", normalized_shape, elementwise_affine, backend, dtype, eps)
+                 backend: str = "numpy", dtype: DTypeLike = np.float64, epilogue: str | None = None):
+        super().__init__("rms", normalized_shape, elementwise_affine, backend, dtype, eps, epilogue)
 
     def __repr__(self) -> str:
-        return f"RMSNorm({self.normalized_shape}, eps={self.eps:g})"
+        return f"RMSNorm({self.normalized_shape}, eps={self.eps:g}{_epilogue_text(self)})"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from symbn.bench import bandwidth
-from symbn.codegen.check import parameter_names
+from symbn.codegen.check import backward_inputs, forward_inputs, parameter_names
 from symbn.codegen.stamp import recorded_hash
 from symbn.codegen.store import cache_dir, load
 from symbn.core.spec import CENTRED, LAYOUTS, PRESETS, RMS, Spec, preset
@@ -52,13 +52,14 @@ class Case:
     shape: tuple[int, ...]
     smoke_shape: tuple[int, ...]
     groups: int | None = None
+    epilogue: str | None = None  # a fused epilogue (symbn.core.epilogue.PRESET_EPILOGUES); PyTorch runs it unfused
     # calls per timed run: a small input is timed over many calls in a row with warm caches, as a training loop on
     # small batches makes them, and reported per call (in µs)
     calls: int = 1
 
     @property
     def spec(self) -> Spec:
-        return preset(self.preset, self.layout, groups=self.groups)
+        return preset(self.preset, self.layout, groups=self.groups, epilogue=self.epilogue)
 
 
 CASES = (
@@ -72,6 +73,8 @@ CASES = (
     Case("group32_nchw", "group", "NCHW", (32, 64, 56, 56), (2, 64, 4, 3), groups=32),
     Case("instance_nchw", "instance", "NCHW", (32, 64, 56, 56), (4, 8, 6, 5)),
     Case("rms_nc", "rms", "NC", (4096, 4096), (16, 24)),
+    # batch norm, a residual add and relu fused, against PyTorch's three operations with autograd
+    Case("batch_nchw_add_relu", "batch", "NCHW", (32, 64, 56, 56), (4, 8, 6, 5), epilogue="add_relu"),
     # where the seeds live: makemore's and the Keras model's batch of 32, a wider layer, a cs231n gradient check
     Case("small_32x200", "batch", "NC", (32, 200), (32, 200), calls=200),
     Case("small_64x512", "batch", "NC", (64, 512), (64, 512), calls=200),
@@ -205,6 +208,8 @@ def _running_like(names, stat, dtype):
 
 
 def naive_calls(spec, data):
+    if spec.epilogue:  # the textbook staged form has no epilogue
+        return None
     st = Staged(spec)
     params = {p: data[p] for p in ("gamma", "beta") if p in data}
     # statistics over the batch need running statistics at inference; per-sample ones are recomputed
@@ -226,8 +231,8 @@ def module_calls(data, module, reuse=False):
     """The module's functions; with *reuse*, y and dx go to arrays allocated once (out=)."""
     x, dy = data["x"], data["dy"]
     y_out, dx_out = (np.empty_like(x), np.empty_like(x)) if reuse else (None, None)
-    params = [data[p] for p in parameter_names(module)]
-    gamma = params[:1] if "gamma" in parameter_names(module) else []
+    params = forward_inputs(module, data)  # r first, where an epilogue adds one
+    gamma = [data[p] for p in backward_inputs(module)]
     running = dict(zip(module.RUNNING, data["running"]))  # none where the statistics are per sample
     _, *saved = module.forward_train(x, *params)
 
@@ -238,11 +243,12 @@ def module_calls(data, module, reuse=False):
     # eval mode: from the running statistics, or where there are none, the training computation itself
     upstream = [data["ggx"]] + [data["gg" + p] for p in parameter_names(module)]
     pair = (np.empty_like(x), np.empty_like(x)) if reuse else None
-    return {"forward": lambda: module.forward_train(x, *params, **running, out=y_out),
-            "backward": lambda: module.backward(dy, x, *gamma, *saved, out=dx_out), "forward+backward": fwd_bwd,
-            "inference": lambda: module.forward_eval(x, *params, **running, out=y_out),
-            "double-backward": lambda: module.double_backward(*upstream, dy, x, *gamma, *saved, out=pair)}, \
-        lambda out: out if isinstance(out, np.ndarray) else out[0]
+    calls = {"forward": lambda: module.forward_train(x, *params, **running, out=y_out),
+             "backward": lambda: module.backward(dy, x, *gamma, *saved, out=dx_out), "forward+backward": fwd_bwd,
+             "inference": lambda: module.forward_eval(x, *params, **running, out=y_out)}
+    if hasattr(module, "double_backward"):  # not after an epilogue
+        calls["double-backward"] = lambda: module.double_backward(*upstream, dy, x, *gamma, *saved, out=pair)
+    return calls, lambda out: out if isinstance(out, np.ndarray) else out[0]
 
 
 def torch_calls(spec, data, torch):
@@ -278,15 +284,15 @@ def torch_calls(spec, data, torch):
     else:
         return None
     inputs = [leaf] + params
-    y = f(True)
-    # the second order: the backward as a graph (create_graph), the penalty sum(ggx*dx) + ..., built once; the pass
-    # timed is its gradient with respect to dy, x and gamma
-    grads = torch.autograd.grad(f(True), inputs, dy, create_graph=True)
-    upstream = [torch.from_numpy(data["ggx"])] + [torch.from_numpy(data["gg" + p]) for p in ("gamma", "beta")
-                                                  if p in data]
-    penalty = sum((u * g).sum() for u, g in zip(upstream, grads))
-    wrt = [dy_leaf, leaf] + params[:1]
+    if spec.epilogue:  # PyTorch's unfused sequence: the normalization, the residual add, relu
+        r_leaf = torch.from_numpy(data["r"]).requires_grad_() if "r" in data else None
+        inputs = [leaf] + ([r_leaf] if r_leaf is not None else []) + params
+        norm = f
 
+        def f(train):
+            z = norm(train)
+            return torch.relu(z + r_leaf.movedim(channel, 1) if r_leaf is not None else z)
+    y = f(True)
     def inference():
         with torch.no_grad():
             return f(False)
@@ -294,8 +300,16 @@ def torch_calls(spec, data, torch):
     calls = {"forward": lambda: f(True),
              "backward": lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True),
              "forward+backward": lambda: torch.autograd.grad(f(True), inputs, dy),
-             "inference": inference,
-             "double-backward": lambda: torch.autograd.grad(penalty, wrt, retain_graph=True)}
+             "inference": inference}
+    if not spec.epilogue:
+        # the second order: the backward as a graph (create_graph), the penalty sum(ggx*dx) + ..., built once; the
+        # pass timed is its gradient with respect to dy, x and gamma
+        grads = torch.autograd.grad(f(True), inputs, dy, create_graph=True)
+        upstream = [torch.from_numpy(data["ggx"])] + [torch.from_numpy(data["gg" + p]) for p in ("gamma", "beta")
+                                                      if p in data]
+        penalty = sum((u * g).sum() for u, g in zip(upstream, grads))
+        wrt = [dy_leaf, leaf] + params[:1]
+        calls["double-backward"] = lambda: torch.autograd.grad(penalty, wrt, retain_graph=True)
 
     def primary(out):
         return (out[0] if isinstance(out, tuple) else out.movedim(1, channel)).detach().numpy()
@@ -330,7 +344,9 @@ def make_data(spec: Spec, shape, dtype, module, seed: int = 0) -> dict:
         data[p] = (rng.standard_normal(pshape) * 0.5 + (1.0 if p == "gamma" else 0.0)).astype(dtype)
         data["gg" + p] = rng.standard_normal(pshape).astype(dtype)  # the second order's upstream gradients
     data["ggx"] = rng.standard_normal(shape, dtype=dtype)
-    _, *saved = module.forward_train(data["x"], *[data[p] for p in parameter_names(module)])
+    if spec.epilogue == "add_relu":
+        data["r"] = rng.standard_normal(shape, dtype=dtype)
+    _, *saved = module.forward_train(data["x"], *forward_inputs(module, data))
     data["running"] = _running_like(module.RUNNING, saved[0], dtype)
     return data
 
@@ -417,7 +433,7 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
                         times[name].append(_per_call(calls[pass_name], per_run))
         finally:
             gc.enable()
-        nbytes = bandwidth.min_bytes(pass_name, elements, itemsize)
+        nbytes = bandwidth.min_bytes(pass_name, elements, itemsize, residual="r" in data)
         reference = "naive-numpy" if "naive-numpy" in outs else "symbn-numpy"
         for name, ts in times.items():
             row = {"case": case.name, "spec": spec.name, "shape": list(shape), "dtype": dtype, "pass": pass_name,
@@ -473,6 +489,8 @@ def run(cases=None, dtypes=DTYPES, repeat: int = 10, threads: int | None = None,
     return {"format": "symbn-bench/1", "machine": info,
             "settings": dict(cases=[c.name for c in chosen], dtypes=list(dtypes), repeat=repeat, threads=threads,
                              smoke=smoke, cold_cache_bytes=cold.buffer.nbytes, passes=list(PASSES), impls=[i for i in IMPLS if torch or i != "torch"],
-                             bytes_model={p: f"{k}*E*s" for p, k in bandwidth.TENSORS_MOVED.items()}),
+                             bytes_model={p: f"{k}*E*s" for p, k in bandwidth.TENSORS_MOVED.items()},
+                             residual_bytes=", ".join(f"{p} +{k}*E*s" for p, k in bandwidth.RESIDUAL_MOVED.items()
+                                                      if k)),
             "bandwidth": bw, "results": results}
 

@@ -40,7 +40,8 @@ def header(result: dict) -> str:
             f"{_share(m.get('others_cpu_share'))} of the CPU time meanwhile\n"
             f"{_busy_warning(m.get('others_cpu_share'))}"
             f"bandwidth  {bw['array_mib']} MiB float64 arrays, GB/s: {rates}; bound {bw['bound_gbps']:.1f} GB/s\n"
-            f"bytes      least bytes a pass moves: {', '.join(f'{p} {b}' for p, b in s['bytes_model'].items())}\n")
+            f"bytes      least bytes a pass moves: {', '.join(f'{p} {b}' for p, b in s['bytes_model'].items())}"
+            f"{'; with a residual r (epilogue add_relu) ' + s['residual_bytes'] if s.get('residual_bytes') else ''}\n")
 
 
 def _share(value) -> str:
@@ -79,7 +80,7 @@ def _find(rows, impl, pass_name):
 
 def summary_table(result: dict) -> str:
     """One line per case and dtype: the Numba kernels against PyTorch and the bound, NumPy against the naive code."""
-    head = (f"{'case':<17}{'dtype':<8}{'numba fwd':>10}{'torch fwd':>10}{'x':>6}{'numba f+b':>10}{'torch f+b':>10}"
+    head = (f"{'case':<20}{'dtype':<8}{'numba fwd':>10}{'torch fwd':>10}{'x':>6}{'numba f+b':>10}{'torch f+b':>10}"
             f"{'x':>6}{'fwd bound':>10}{'bwd bound':>10}{'out= fwd':>9}{'out= bwd':>9}{'numpy/naive f+b':>16}")
     lines = [head, "-" * len(head)]
     for (case, dtype), rows in _blocks(result):
@@ -88,7 +89,7 @@ def summary_table(result: dict) -> str:
         of, ob = (_find(rows, "symbn-numba-out", p) for p in ("forward", "backward"))
         tf, tfb = (_find(rows, "torch", p) for p in ("forward", "forward+backward"))
         naive, numpy = _find(rows, "naive-numpy", "forward+backward"), _find(rows, "symbn-numpy", "forward+backward")
-        gain = naive["median_s"] / numpy["median_s"]
+        gain = f"{naive['median_s'] / numpy['median_s']:.2f}x" if naive and numpy else "-"  # no naive epilogue
 
         def ms(r):  # small cases (timed per call) in µs, marked
             if not r:
@@ -101,8 +102,8 @@ def summary_table(result: dict) -> str:
         def bound(r, width):
             return f"{r['fraction_of_bound']:>{width}.0%}" if r else f"{'-':>{width}}"
 
-        lines.append(f"{case:<17}{dtype:<8}{ms(nf):>10}{ms(tf):>10}{vs(nf):>6}{ms(nfb):>10}{ms(tfb):>10}{vs(nfb):>6}"
-                     f"{bound(nf, 10)}{bound(nb, 10)}{bound(of, 9)}{bound(ob, 9)}{gain:>15.2f}x")
+        lines.append(f"{case:<20}{dtype:<8}{ms(nf):>10}{ms(tf):>10}{vs(nf):>6}{ms(nfb):>10}{ms(tfb):>10}{vs(nfb):>6}"
+                     f"{bound(nf, 10)}{bound(nb, 10)}{bound(of, 9)}{bound(ob, 9)}{gain:>16}")
     lines.append("times are medians in ms (us: per call, small cases); x: median of pairwise PyTorch/numba ratios; bound: GB/s over the least "
                  "bytes as a fraction of the measured bound; out=: numba writing into reused arrays")
     return "\n".join(lines) + "\n"

@@ -40,6 +40,12 @@ TAYLOR_SLOPE = (1.8, 2.2)
 TAYLOR_STEPS = 2.0 ** -np.arange(4, 27)  # 1/16 .. 1.5e-8, times a random direction
 TAYLOR_SIGNIFICANT = 10.0  # a remainder counts when above this many rounding bounds (a bound ~30x what is seen)
 TAYLOR_POINTS = 5  # the smallest significant steps fitted: the most asymptotic ones, the most sensitive to an h term
+# A module with an epilogue (relu) has kinks, where the derivative jumps and differences across one are no derivative.
+# Its inputs are drawn so that no element of y changes between zero and nonzero under a move of every input by
+# KINK_MARGIN (relative, as the differences' steps are), and its differences start at KINK_STEP, well inside that.
+KINK_MARGIN = 2.0 ** -8
+KINK_STEP = 2.0 ** -12
+KINK_DRAWS = 64
 
 
 @dataclass
@@ -64,13 +70,75 @@ def test_shape(module) -> tuple[int, ...]:
 
 
 def inputs(module, shape=None, seed: int = 0, dtype=np.float64) -> dict:
+    """Random inputs for *module*; where it has an epilogue, the first draw (seeds seed, seed + 1, ...) whose every
+    element of y stays on its side of the kinks within KINK_MARGIN (_away_from_kinks)."""
+    if not epilogue(module):
+        return _draw(module, shape, seed, dtype)
+    for k in range(KINK_DRAWS):
+        data = _draw(module, shape, seed + k, dtype)
+        if _away_from_kinks(module, data):
+            return data
+    raise ValueError(f"no inputs away from the epilogue's kinks in {KINK_DRAWS} draws (seeds {seed}..)")
+
+
+def epilogue(module) -> bool:
+    """Whether the module ends in an epilogue (its EPILOGUE constant), with kinks where relu switches."""
+    return bool(getattr(module, "EPILOGUE", None))
+
+
+def _away_from_kinks(module, data: dict, probes: int = 3) -> bool:
+    """Whether which elements of y are zero stays the same when x, r and the parameters all move by KINK_MARGIN
+    (relative to their size, as the differences' steps), along random directions, in training and in eval mode."""
+    rng = np.random.default_rng(5)
+    running = running_statistics(module, data) if getattr(module, "RUNNING", ()) else None
+    moved = [k for k in ("x", "r", *parameter_names(module)) if k in data]
+
+    def zeros(d: dict) -> list[np.ndarray]:
+        out = [forward_y(module, d) == 0]
+        if running is not None:
+            out.append(np.asarray(module.forward_eval(d["x"], *forward_inputs(module, d), *running)) == 0)
+        return out
+
+    base = zeros(data)
+    for _ in range(probes):
+        for sign in (1, -1):
+            step = {k: (data[k] + sign * KINK_MARGIN * np.maximum(1, np.abs(data[k]))
+                        * rng.choice([-1.0, 1.0], size=np.shape(data[k]))).astype(np.asarray(data[k]).dtype)
+                    for k in moved}
+            if any(not np.array_equal(a, b) for a, b in zip(base, zeros({**data, **step}))):
+                return False
+    return True
+
+
+def _draw(module, shape, seed: int, dtype) -> dict:
     rng = np.random.default_rng(seed)
     shape = shape or test_shape(module)
     pshape = tuple(shape[a] for a in module.PARAM_AXES)
     out = dict(x=rng.normal(size=shape).astype(dtype), dy=rng.normal(size=shape).astype(dtype))
     for p in parameter_names(module):
         out[p] = rng.normal(1.0 if p == "gamma" else 0.0, 0.5, size=pshape)
+    if residual(module):  # drawn last: the other inputs stay those of modules without one
+        out["r"] = rng.normal(size=shape).astype(dtype)
     return out
+
+
+def residual(module) -> bool:
+    """Whether the module's epilogue takes a residual input r (and backward returns dr after dx)."""
+    import inspect
+
+    return "r" in inspect.signature(module.forward_train).parameters
+
+
+def backward_inputs(module) -> list[str]:
+    """What backward takes between dy, x and the statistics: r and the parameters it reads."""
+    import inspect
+
+    return [p for p in ("r", "gamma", "beta") if p in inspect.signature(module.backward).parameters]
+
+
+def forward_inputs(module, data: dict) -> list:
+    """forward_train's arguments after x: r where the module takes one, then the parameters."""
+    return ([data["r"]] if residual(module) else []) + [data[p] for p in parameter_names(module)]
 
 
 def parameter_names(module) -> list[str]:
@@ -81,19 +149,21 @@ def parameter_names(module) -> list[str]:
 
 def forward_y(module, data: dict) -> np.ndarray:
     """y = forward_train(x, params) as float64."""
-    params = [data[p] for p in parameter_names(module)]
-    return np.asarray(module.forward_train(data["x"], *params)[0], dtype=np.float64)
+    return np.asarray(module.forward_train(data["x"], *forward_inputs(module, data))[0], dtype=np.float64)
 
 
 def loss_and_grads(module, data: dict):
     """L = sum(dy * y) and the module's gradients of L with respect to x and the parameters."""
-    params = [data[p] for p in parameter_names(module)]
-    y, *saved = module.forward_train(data["x"], *params)
-    gamma = [data["gamma"]] if "gamma" in data else []
-    grads = module.backward(data["dy"], data["x"], *gamma, *saved)
+    y, *saved = module.forward_train(data["x"], *forward_inputs(module, data))
+    grads = module.backward(data["dy"], data["x"], *[data[p] for p in backward_inputs(module)], *saved)
     if isinstance(grads, np.ndarray):  # a module without parameters may hand back dx alone
         grads = (grads,)
-    return float(np.sum(data["dy"] * y)), dict(zip(["x"] + parameter_names(module), grads))
+    return float(np.sum(data["dy"] * y)), dict(zip(_gradient_names(module), grads))
+
+
+def _gradient_names(module) -> list[str]:
+    """What backward returns gradients of, in order: x, r where there is one, the parameters."""
+    return ["x"] + ["r"] * residual(module) + parameter_names(module)
 
 
 def loss_and_grads_forward(module, data: dict) -> float:
@@ -162,6 +232,8 @@ def _batches(module, data: dict, wrt: str) -> list[tuple[np.ndarray, np.ndarray]
     shape = np.shape(data[wrt])
     x_shape = np.shape(data["x"])
     size = math.prod(shape)
+    if wrt == "r":  # y depends on r element by element
+        return [(np.arange(size), np.arange(size))]
     if wrt == "x":
         rows = _set_rows(module, x_shape)
         if rows is not None:
@@ -186,6 +258,7 @@ def finite_differences(module, data: dict, wrt: str, h0: float = 1 / 16,
     quotient divides by the step actually taken, and the change of L is summed as sum(dy * (y+ - y-)), so L's own
     summation adds no rounding. Coordinates that no element of y depends on jointly move at once (see _batches).
     *forward(module, data)*: y as float64 (default: forward_train's)."""
+    h0 = KINK_STEP if epilogue(module) else h0
     base = np.asarray(data[wrt], dtype=np.float64)
     flat = base.reshape(-1)
     dy = np.asarray(data["dy"], dtype=np.float64).reshape(-1)
@@ -362,7 +435,7 @@ def eval_checks(module, data: dict) -> list[Result]:
     statistics held fixed (relative error <= 1e-7). Without (eval mode is the training computation): forward_eval
     equals forward_train's y exactly."""
     names = parameter_names(module)
-    params = [data[p] for p in names]
+    params = forward_inputs(module, data)
     if not getattr(module, "RUNNING", ()):
         y = np.asarray(module.forward_train(data["x"], *params)[0])
         y_eval = np.asarray(module.forward_eval(data["x"], *params))
@@ -372,14 +445,13 @@ def eval_checks(module, data: dict) -> list[Result]:
     running = running_statistics(module, data)
 
     def forward_eval(module, d: dict) -> np.ndarray:
-        return np.asarray(module.forward_eval(d["x"], *[d[p] for p in names], *running), dtype=np.float64)
+        return np.asarray(module.forward_eval(d["x"], *forward_inputs(module, d), *running), dtype=np.float64)
 
-    gamma = [data["gamma"]] if "gamma" in names else []
-    grads = module.backward_eval(data["dy"], data["x"], *gamma, *running)
+    grads = module.backward_eval(data["dy"], data["x"], *[data[p] for p in backward_inputs(module)], *running)
     if isinstance(grads, np.ndarray):
         grads = (grads,)
     return [difference_check(module, data, wrt, grad, forward=forward_eval, mode="eval: ")
-            for wrt, grad in zip(["x"] + names, grads)]
+            for wrt, grad in zip(_gradient_names(module), grads)]
 
 
 def run(module: types.ModuleType, seed: int = 0) -> list[Result]:

@@ -15,7 +15,7 @@ import sympy
 
 from symbn.codegen.plan import Plan
 from symbn.codegen.printers import cse
-from symbn.core.symbols import BETA, DY, GAMMA, X
+from symbn.core.symbols import BETA, DY, GAMMA, R, X
 
 XS = sympy.Symbol("xs", real=True)  # x minus its shift, in the input's dtype
 SHIFT = sympy.Symbol("shift", real=True)  # the shift: a mean of x rounded to the input's dtype
@@ -53,7 +53,7 @@ class Elementwise:
         return kinds.pop() if len(kinds) == 1 else ("both" if kinds else None)
 
     def elementwise(self, e: sympy.Expr) -> bool:
-        return any(s in (X, DY, XS) or s in self.coordinates or s in self.temps for s in e.free_symbols)
+        return any(s in (X, DY, XS, R) or s in self.coordinates or s in self.temps for s in e.free_symbols)
 
     def hoist(self, e: sympy.Expr, coefficient: Coefficient) -> sympy.Expr:
         """*e* with every part that is fixed per statistic or parameter replaced by a coefficient symbol; factors of
@@ -62,6 +62,9 @@ class Elementwise:
             return coefficient(e) if self.klass(e) else e
         if e.is_Atom:
             return e
+        if isinstance(e, sympy.Max):  # an epilogue's relu: its numbers become coefficients of the input's dtype
+            return e.func(*(coefficient(a) if a.is_Number else self.hoist(a, coefficient) for a in e.args),
+                          evaluate=False)
         if isinstance(e, (sympy.Add, sympy.Mul)):
             varying = [self.hoist(a, coefficient) for a in e.args if self.elementwise(a)]
             groups: dict = {}
@@ -98,13 +101,22 @@ class Elementwise:
         multiply-add or two, and no sum adds a coefficient to xs (fast-math would reassociate x - shift + k into
         x + (k - shift) and lose what the shift gained)."""
         e = e.xreplace(self.coordinates).xreplace({X: XS + SHIFT} if shifted else {})
-        elems = [s for s in (XS, X, DY) if s in e.free_symbols]
+        if isinstance(e, sympy.Max):  # relu(a): a in the same form
+            return e.func(*(self.output(a, False, coefficient) for a in e.args), evaluate=False)
+        # an epilogue's masks: each one an elementwise factor of its own, its argument in the same form
+        masks = {h: sympy.Dummy(f"h{i}", real=True) for i, h in
+                 enumerate(sorted(e.atoms(sympy.Heaviside), key=sympy.default_sort_key))}
+        e = e.xreplace(masks)
+        back = {d: sympy.Heaviside(self.output(h.args[0], False, coefficient)) for h, d in masks.items()}
+        elems = [s for s in (XS, X, DY, R, *masks.values()) if s in e.free_symbols]
+        if not elems:  # a constant (relu's 0)
+            return e
         try:
             poly = sympy.Poly(sympy.expand(e), *elems)
         except sympy.PolynomialError:
-            return e
+            return e.xreplace(back)
         if any(poly.degree(s) > 1 for s in elems):
-            return e
+            return e.xreplace(back)
         params = {GAMMA, BETA} if self.param_class == "param" else set()
         groups: dict = {}  # parameter factor -> monomial -> statistic factor
         for monomial, c in poly.terms():
@@ -117,7 +129,7 @@ class Elementwise:
         for param, inner in groups.items():
             part = sum((self._factor(self.tidy(c), coefficient) * m for m, c in inner.items()), sympy.Integer(0))
             total += part if param == 1 else coefficient(param) * part
-        return total
+        return total.xreplace(back)
 
     def tidy(self, c: sympy.Expr) -> sympy.Expr:
         """A coefficient with the shift only inside (mean - shift), the small, exact correction: beta - gamma*istd*mu

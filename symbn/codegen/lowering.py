@@ -66,12 +66,14 @@ def lower(p: Plan) -> Lowering:
     reduced = [i for i, b in enumerate(blocks) if b.reduced]
     param = [i for i, b in enumerate(blocks) if b.param]
     shifted = ew.mean is not None and ew.mean in p.saved
-    split = split_sums(ew, [e for _, e in p.sums], shifted) if p.sums else None
+    # A fused epilogue takes the general loops only: statistic loops (no column kernels), each sum formed from its own
+    # summand (a mask is no polynomial to split), no split-phase pieces.
+    split = (_as_is(p) if p.epilogue else split_sums(ew, [e for _, e in p.sums], shifted)) if p.sums else None
     from_sums = tuple(gradient_sums(ew, p.sums, p.param_sums))
-    columns = _columns(p)
+    columns = None if p.epilogue else _columns(p)
     param_per_stat = set(param) <= set(kept)
     rest = tuple((s, e) for (s, e), i in zip(p.param_sums, from_sums) if i is None)
-    shared = shares(p)
+    shared = None if p.epilogue else shares(p)
     return Lowering(
         plan=p, mean=ew.mean, param_class=ew.param_class, moments=moments(p), split=split, from_sums=from_sums,
         taken=tuple((s, p.sums[i][0]) for (s, _), i in zip(p.param_sums, from_sums) if i is not None),
@@ -90,6 +92,13 @@ def lower(p: Plan) -> Lowering:
         double=tuple(lower_double(p, so, given) if so is not None else None
                      for so, given in zip(p.second, (p.saved, p.eval_stats))),
     )
+
+
+def _as_is(p: Plan) -> Split:
+    """The backward's sums each from its own summand, in the form of a split (q0 = sum(summand0), ...): the passes
+    that form split sums form them, in the input's dtype with coefficients hoisted, and combine them in float64."""
+    names = [sympy.Symbol(f"q{i}", real=True) for i in range(len(p.sums))]
+    return Split([(q, e) for q, (_, e) in zip(names, p.sums)], names)
 
 
 def _columns(p: Plan) -> Columns | None:

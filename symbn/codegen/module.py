@@ -21,11 +21,11 @@ from symbn.core.derive import DX, derive
 from symbn.core.second import second_orders
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
-from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, M, X
+from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, M, R, X, Z
 from symbn.templating import render
 from symbn.version import __version__
 
-_NUMPY_NAMES = {X: "xb", DY: "dyb"}
+_NUMPY_NAMES = {X: "xb", DY: "dyb", R: "rb"}
 
 
 def module_text(spec: Spec, backend: str, command: str = "symbn generate --catalog",
@@ -39,7 +39,7 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
     digest = digest or input_digest(spec, backend, dtypes)
     module_id = f"{module_name(spec, backend, dtypes)}_{digest}"
     d = derive(spec)
-    ctx = _context(lower(plan(d, second_orders(d))), backend, command)
+    ctx = _context(lower(plan(d, (None, None) if d.epilogue else second_orders(d))), backend, command)
     ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
     ctx["digest"], ctx["module_id"] = digest, module_id
     ctx["dtype_text"] = " or ".join(dtypes)
@@ -53,9 +53,14 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     reductions = p.batch_stats
     running = [r.name for r, _, _ in p.running]
     params = list(p.params)
+    residual = p.dr is not None
+    grads = ["dx"] + ["dr"] * residual + ["d" + q for q in params]
     names = p.axis_names
     counts = p.op_counts
-    formulas = [f"{s} = {text(e)}" for s, e in d.coordinates + d.reductions + d.compact]
+    formulas = []
+    if d.epilogue is not None:  # the epilogue after z, then the normalization's backward on its gradient dz
+        formulas += [f"y = {text(d.epilogue.forward)}"] + [f"{s} = {text(e)}" for s, e in d.epilogue.backward]
+    formulas += [f"{s} = {text(e)}" for s, e in d.coordinates + d.reductions + d.compact]
     formulas += [f"eval mode: {s} = {text(e)}" for s, e in d.eval_mode if s == DX]
     formulas += [f"{s} <- {text(e)}" for s, e in d.running]
     eval_lines = [(r.name, run) for r, run in zip(reductions, running)]
@@ -70,10 +75,14 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         stat_shape_text=_blocks_text(p, names, lambda b: not b.reduced),
         param_shape_text="(" + ", ".join(names[a] for a in spec.param_axes) + ("," if len(spec.param_axes) == 1 else "") + ")",
         set_size_text=p.set_size_text,
-        sig_params="x, " + "".join(f"{q}, " for q in params), sig_gamma="gamma, " if "gamma" in params else "",
-        params=params, has_gamma="gamma" in params, has_beta="beta" in params,
+        sig_params="x, " + "r, " * residual + "".join(f"{q}, " for q in params),
+        # what backward takes after dy and x: r and the parameters it reads (beta too inside an epilogue's mask)
+        sig_gamma="r, " * residual + "".join(f"{q}, " for q in p.backward_params),
+        params=params, has_gamma="gamma" in params, has_beta="beta" in params, bparams=list(p.backward_params),
+        epilogue=p.epilogue, residual=residual,
+        epilogue_text=repr(text(d.epilogue.forward)) if d.epilogue is not None else None, r_in=", rb" if residual else "", dr_out=", drb" if residual else "",
         grads=["dx"] + ["d" + q for q in params],
-        grads_tuple="(" + ", ".join(["dx"] + ["d" + q for q in params]) + ("," if not params else "") + ")",
+        grads_tuple="(" + ", ".join(grads) + ("," if len(grads) == 1 else "") + ")",
         running_rule=RUNNING[spec.running].rule, tracks_running=spec.tracks_running,
         momentum_ends="Momentum {} leaves them as they are, {} replaces them by the batch's".format(
             *((0, 1) if RUNNING[spec.running].momentum_on_batch else (1, 0))),
@@ -96,24 +105,32 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["nonparam_blocks"] = repr(tuple(i for i, b in enumerate(p.blocks) if not b.param))
     # the forward nodes the staged backward and the handed-on statistics read (not y, nor gamma*xhat before + beta)
     needed = set(p.train_out) | used(p, [e for _, e in d.staged])
+    if d.epilogue is not None:  # the staged backward starts from dz, which reads z
+        needed.add(d.graph.output.symbol)
     for n in reversed(d.graph.nodes):
         if n.symbol in needed:
             needed |= n.expr.free_symbols
     ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in d.graph.nodes if n.symbol in needed]
     ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
+    if d.epilogue is not None:  # the epilogue's gradients first: the staged backward starts from dz
+        at_z = {Z: d.graph.output.symbol}
+        ctx["staged_backward"][:0] = [(s.name, numpy_code(e.xreplace(at_z), _NUMPY_NAMES))
+                                      for s, e in d.epilogue.backward]
     ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     ctx["split"] = _split(lw)
-    ctx["double"] = _double(lw, split=ctx["split"] is not None)
-    ctx["nbs"] = None
+    # a fused epilogue has no second order, and no small path yet: every input takes the general kernels
+    fused = p.epilogue
+    ctx["double"] = None if fused else _double(lw, split=ctx["split"] is not None)
+    ctx["nbs"] = ctx["nbd"] = None
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
-        ctx["sm"] = numpy_small.small(lw)
+        ctx["sm"] = None if fused else numpy_small.small(lw)
     else:
         ctx["nb"] = numba_backend.statements(lw)
-        ctx["sm"] = numba_small.small(lw)
-        ctx["nb"]["math"] = ctx["nb"]["math"] or "math" in reads(ctx["sm"])
-        ctx["nbd"] = numba_double.double(lw)
+        ctx["sm"] = None if fused else numba_small.small(lw)
+        ctx["nb"]["math"] = ctx["nb"]["math"] or "math" in reads(ctx["sm"] or [])
+        ctx["nbd"] = None if fused else numba_double.double(lw)
         ctx["nbs"] = numba_split.split(lw) if ctx["split"] else None
     return ctx
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import sympy
 
-from symbn.core.derive import DX, Derivation
+from symbn.core.derive import DR, DX, Derivation
 from symbn.core.describe import axis_names, describe_spec, set_size_text
 from symbn.core.graph import ELEM, REDUCE
-from symbn.core.symbols import BETA, EPS, GAMMA, M, rsum
+from symbn.core.symbols import BETA, DZ, EPS, GAMMA, M, Z, rsum
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ class Plan:
     axis_names: tuple[str, ...]
     set_size_text: str  # M in the sizes of the axes, e.g. N*H*W
     second: tuple  # the double backward, training and eval mode (None without running statistics): core.second
+    # An epilogue (symbn.core.epilogue) is fused: y above is the epilogue's output, and every backward expression
+    # reads dy through dz = dy*f'(z, r), with z recomputed from x and the statistics; dr its gradient of r.
+    epilogue: bool = False
+    dr: sympy.Expr | None = None  # None: no residual input
+    backward_params: tuple[str, ...] = ()  # the parameters the backward reads: gamma, and beta inside an epilogue
 
     @property
     def spec(self):
@@ -113,11 +118,18 @@ def plan(d: Derivation, second: tuple = (None, None)) -> Plan:
         return sorted(found, key=order.index)
 
     y = base[g.output.symbol]
-    sums = tuple((s, e.args[0]) for s, e in d.reductions)
-    param_sums = tuple((s, e.args[0]) for s, e in d.compact if s != DX)
-    eval_dx = d.output(d.eval_mode, DX) if d.eval_mode else None
-    eval_param_sums = tuple((s, e.args[0]) for s, e in d.eval_mode if s != DX)
-    backward = [e for _, e in d.coordinates + sums + param_sums] + [d.dx]
+    fused, dr = {}, None
+    if d.epilogue is not None:  # the epilogue after z, and dz in place of the upstream gradient
+        at_z = {Z: y}
+        fused = {DZ: d.output(d.epilogue.backward, DZ).xreplace(at_z)}
+        dr = d.output(d.epilogue.backward, DR).xreplace(at_z) if d.epilogue.residual else None
+        y = d.epilogue.forward.xreplace(at_z)
+    sums = tuple((s, e.args[0].xreplace(fused)) for s, e in d.reductions)
+    param_sums = tuple((s, e.args[0].xreplace(fused)) for s, e in d.compact if s != DX)
+    eval_dx = d.output(d.eval_mode, DX).xreplace(fused) if d.eval_mode else None
+    eval_param_sums = tuple((s, e.args[0].xreplace(fused)) for s, e in d.eval_mode if s != DX)
+    dx = d.dx.xreplace(fused)
+    backward = [e for _, e in d.coordinates + sums + param_sums] + [dx] + ([dr] if dr is not None else [])
     evaluation = [e for _, e in d.coordinates + eval_param_sums] + [e for e in (eval_dx, y) if e is not None]
     needed = _closure(set(stats_in(evaluation)), steps)
     everything = backward + evaluation + [s.expr for s in steps]
@@ -134,7 +146,7 @@ def plan(d: Derivation, second: tuple = (None, None)) -> Plan:
         running=tuple((r, n.symbol, e) for (r, e), n in zip(d.running, g.reductions)),
         coordinates=d.coordinates,
         sums=sums,
-        dx=d.dx,
+        dx=dx,
         param_sums=param_sums,
         eval_dx=eval_dx,
         eval_param_sums=eval_param_sums,
@@ -148,6 +160,10 @@ def plan(d: Derivation, second: tuple = (None, None)) -> Plan:
         axis_names=tuple(axis_names(d.spec)),
         set_size_text=set_size_text(d.spec),
         second=tuple(second),
+        epilogue=d.epilogue is not None,
+        dr=dr,
+        backward_params=tuple(leaf.name for leaf in (GAMMA, BETA) if leaf in g.leaves
+                              and (leaf == GAMMA or d.epilogue is not None)),
     )
 
 

@@ -21,6 +21,16 @@ class _NumPyPrinter(NumPyPrinter):
     def _print_psum(self, e):
         return f"_psum({self._print(e.args[0])})"
 
+    def _print_Heaviside(self, e):
+        # an epilogue's mask: 1 where its argument is > 0, else 0 (the step at a kink taken as 0, as PyTorch's relu)
+        return f"np.greater({self._print(e.args[0])}, 0)"
+
+    def _print_Max(self, e):
+        code = self._print(e.args[0])
+        for a in e.args[1:]:
+            code = f"np.maximum({code}, {self._print(a)})"
+        return code
+
     def _print_Add(self, expr, order=None):
         # a term without a leading minus first: x - mu is one NumPy operation, -mu + x two (a negation, then an add)
         terms = self._as_ordered_terms(expr, order=order)
@@ -32,6 +42,12 @@ class _NumPyPrinter(NumPyPrinter):
 
 class _ScalarPrinter(PythonCodePrinter):
     """Scalar code for Numba: math.sqrt, math.exp, ...; sign() as copysign."""
+
+    def _print_Heaviside(self, e):  # as the NumPy printer's: 0 at the kink
+        return f"({self._print(e.args[0])} > 0)"
+
+    def _print_Max(self, e):
+        return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
 
 
 def numpy_code(e: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:

@@ -11,7 +11,7 @@ import sympy
 
 from symbn.codegen.elementwise import SHIFT, XS, Elementwise
 from symbn.codegen.plan import Plan, StatStep
-from symbn.core.symbols import BETA, DY, GAMMA, M, X
+from symbn.core.symbols import BETA, DY, GAMMA, M, R, X
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def split_sums(ew: Elementwise, summands, shifted: bool) -> Split | None:
     sum(dy*xhat) = istd*(sum(dy*xs) - (mu - shift)*sum(dy)). Returns ((q0, monomial), (q1, monomial), ...: each
     distinct monomial and the name of its sum over the set; each summand's sum in terms of those names), or None
     when a summand is not a polynomial in the inputs or the split would take more sums than the summands."""
-    gens = [XS, X, DY] + ([GAMMA, BETA] if ew.param_class == "param" else [])
+    gens = [XS, X, DY, R] + ([GAMMA, BETA] if ew.param_class == "param" else [])
     sub = {X: XS + SHIFT} if shifted else {}
     names: dict = {}  # monomial -> the name of its sum
     totals = []

@@ -31,7 +31,7 @@ from symbn.core.graph import ELEM, REDUCE
 from symbn.core.printing import latex_name
 from symbn.templating import render
 from symbn.core.describe import axis_names
-from symbn.core.spec import PRESETS, RUNNING, Spec
+from symbn.core.spec import PRESETS, RUNNING, Spec, SpecError
 from symbn.core.symbols import BETA, GAMMA
 
 SIGNATURE = "symbn derivation document"  # in a comment at the top of every file written here
@@ -626,9 +626,10 @@ def catalog_documents(specs: list[Spec] | None = None, jobs: int | None = None,
 def single(spec: Spec, fmt: str, out_dir: Path | None, jobs: int | None = None,
            generated: Path = CATALOGUE_DIR) -> tuple[str, bool]:
     """The document for one spec (``symbn derive --format``), linking *generated* relative to *out_dir*."""
-    from symbn.codegen.key import require_kernels
-
-    require_kernels(spec)  # a document reports the kernels' checks beside the proofs
+    if spec.has_epilogue:
+        given = ("epilogue", spec.epilogue) if spec.epilogue else ("what", spec.expression)
+        raise SpecError(*given, "a normalization without an epilogue: the derivation documents do not show "
+                                "epilogues yet (symbn derive without --format does)")
     evidence = gather([spec], jobs, generated)[spec]
     text = document(spec, fmt, evidence, link_base=relative_link(generated, out_dir or Path.cwd()))
     return text, passed(evidence)

@@ -10,14 +10,14 @@ from symbn.codegen.elementwise import XS, Elementwise, used
 from symbn.codegen.plan import Plan
 from symbn.codegen.printers import cse, numpy_code, reads, scalar_code
 from symbn.codegen.lowering import Lowering
-from symbn.core.symbols import BETA, DY, GAMMA, X
+from symbn.core.symbols import BETA, DY, GAMMA, R, X
 
-_SCALAR_NAMES = {X: "xv", DY: "dyv", GAMMA: "gv", BETA: "bv"}
+_SCALAR_NAMES = {X: "xv", DY: "dyv", GAMMA: "gv", BETA: "bv", R: "rv"}
 
 class _Scalar:
     """Scalar code for one loop nest: how an element, a parameter and a statistic are read there."""
 
-    def __init__(self, p: Plan, elem: str, param: str, stat: str | None = None, arrays=("xb", "dyb")):
+    def __init__(self, p: Plan, elem: str, param: str, stat: str | None = None, arrays=("xb", "dyb", "rb")):
         self.p, self.elem, self.param, self.stat, self.arrays = p, elem, param, stat, arrays
         self.stats = {n.symbol for n in p.derivation.graph.nodes if n.kind != "elem"} | {s for s, _ in p.sums}
 
@@ -30,9 +30,9 @@ class _Scalar:
     def loads(self, exprs: list[sympy.Expr]) -> list[str]:
         """Element loads, statistics (when read per element), coordinates a group of expressions needs."""
         read = used(self.p, exprs)
-        x, dy = self.arrays
+        x, dy, r = self.arrays
         lines = [line for symbol, line in (
-            (X, f"xv = {x}[{self.elem}]"), (DY, f"dyv = {dy}[{self.elem}]"),
+            (X, f"xv = {x}[{self.elem}]"), (DY, f"dyv = {dy}[{self.elem}]"), (R, f"rv = {r}[{self.elem}]"),
             (GAMMA, f"gv = gamma[{self.param}]"), (BETA, f"bv = beta[{self.param}]")) if symbol in read]
         if self.stat:
             lines += [f"{name} = a_{name}[{self.stat}]" for name in self.stats_in(exprs)]
@@ -68,6 +68,7 @@ class _NumbaPass:
         used = self.ew.used(list(finals) + [v for _, v in shared])
         head = [f"xv = {sc.arrays[0]}[{sc.elem}]"] if X in used else []
         head += [f"dyv = {sc.arrays[1]}[{sc.elem}]"] if DY in used else []
+        head += [f"rv = {sc.arrays[2]}[{sc.elem}]"] if R in used else []
         if XS in used:
             if column:
                 self.wrapper.insert(0, ("shift", f"_cast({self.ew.mean.name}, {array})"))
@@ -87,9 +88,12 @@ class _NumbaPass:
         """The names the wrapper passes in."""
         return [name for name, _ in self.wrapper]
 
-    def context(self) -> dict:
+    def context(self, outputs: int = 1) -> dict:
+        """*outputs*: how many of the codes are elementwise outputs (dx, and dr after an epilogue with a residual),
+        the others summands of parameter gradients."""
         return dict(stat_lines=self.stat_lines, wrapper=self.wrapper, arrays=self.arrays, loads=self.loads,
-                    code=self.codes[0], codes=self.codes)
+                    code=self.codes[0], dr=self.codes[1] if outputs > 1 else None, codes=self.codes,
+                    sums=self.codes[outputs:])
 
     def coefficient(self, e: sympy.Expr) -> sympy.Symbol:
         if e in self.known:
@@ -132,14 +136,14 @@ def dx_loop(lw: Lowering) -> DxLoop:
     shifted = lw.mean is not None and lw.mean in p.saved
     if lw.columns:
         col = lw.columns
-        sc = _Scalar(p, "o, r, c", "c" if col.param_over_c else "0", stat="o, c", arrays=("x3", "dy3"))
+        sc = _Scalar(p, "o, r, c", "c" if col.param_over_c else "0", stat="o, c", arrays=("x3", "dy3", "r3"))
         from_sums = bool(p.param_sums) and not lw.rest
         exprs = [p.dx] + ([] if from_sums else [e for _, e in p.param_sums])
         column, array, params = True, "x3", None
     else:
         n = len(p.blocks)
         sc = _Scalar(p, ", ".join(f"i{i}" for i in range(n)), flat_index([i for i in range(n) if p.blocks[i].param]))
-        exprs = [p.dx] + ([] if lw.param_per_stat else [e for _, e in p.param_sums])
+        exprs = [p.dx] + _dr(p) + ([] if lw.param_per_stat else [e for _, e in p.param_sums])
         column, array, params = False, "xb", {}
     passes = []
     if lw.numba_split:
@@ -164,9 +168,9 @@ def statements(lw: Lowering) -> dict:
     sc = loop.scalar
     first_elem = ", ".join("0" if blocks[i].reduced else f"i{i}" for i in all_)
 
-    def elementwise(exprs, given, prefix="k", params=None):
+    def elementwise(exprs, given, prefix="k", params=None, outputs=1):
         shifted = lw.mean is not None and lw.mean in given
-        return _NumbaPass(p, sc, list(exprs), shifted, False, "xb", prefix, params).context()
+        return _NumbaPass(p, sc, list(exprs), shifted, False, "xb", prefix, params).context(outputs)
 
     split = None
     if lw.numba_split:
@@ -179,12 +183,12 @@ def statements(lw: Lowering) -> dict:
         # Two loops, two CSE groups: the sums are finished before the dx loop starts, so nothing may be shared.
         first = [e for _, e in p.sums] + ([e for _, e in p.param_sums] if lw.param_per_stat else [])
         sum_loads, sum_codes = sc.with_cse(first) if first else ([], [])
-    dx = loop.passes[-1].context()
+    dx = loop.passes[-1].context(1 + len(_dr(p)))
     if split:  # one statistic's body runs both loops: what the sums' loop set up (shift, gamma) is not set up again
         dx["stat_lines"] = [line for line in dx["stat_lines"] if line not in split["stat_lines"]]
     # an eval backward of its own only where the spec keeps running statistics
-    eval_dx = (elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
-               if p.eval_dx is not None else None)
+    eval_dx = (elementwise([p.eval_dx] + _dr(p) + [e for _, e in p.eval_param_sums], p.eval_stats,
+                           outputs=1 + len(_dr(p))) if p.eval_dx is not None else None)
     every_stat = {n.symbol for n in p.derivation.graph.nodes}
     moments = _moments(lw, sc.code)
     train_steps = [dict(name=s.symbol.name, reduce=s.reduce, code=sc.code(s.expr), denominator=sc.code(s.denominator),
@@ -218,6 +222,11 @@ def statements(lw: Lowering) -> dict:
         eval_dx=eval_dx, backward_wrapper=backward_wrapper,
         column=None, param_buffers=lw.param_buffers,
     )
+
+
+def _dr(p: Plan) -> list[sympy.Expr]:
+    """dr, where an epilogue takes a residual: an output of the dx pass beside dx."""
+    return [p.dr] if p.dr is not None else []
 
 
 def _in_kernel(part: dict) -> list:

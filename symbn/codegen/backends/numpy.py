@@ -12,7 +12,7 @@ from symbn.codegen.elementwise import SHIFT, Elementwise
 from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.lowering import Lowering
 from symbn.codegen.reductions import Moments
-from symbn.core.symbols import BETA, DY, GAMMA, X
+from symbn.core.symbols import BETA, DY, GAMMA, R, X
 
 
 def statements(lw: Lowering) -> dict:
@@ -29,7 +29,8 @@ class _NumpyBodies:
         self.whole = lw.numpy_whole
         # inside a chunk: the chunk's rows of x and dy, and of every array that spans the first block
         self.sliced = (self.ew.stats if self.whole else set()) | ({GAMMA, BETA} if p.blocks[0].param else set())
-        self.names = {X: "xc", DY: "dyc"} | {s: f"{s.name}_c" for s in self.sliced}
+        self.names = {X: "xc", DY: "dyc", R: "rc"} | {s: f"{s.name}_c" for s in self.sliced}
+        self.dr = [("drb", p.dr)] if p.dr is not None else []  # an epilogue's residual gradient, beside dx
 
     def code(self, e: sympy.Expr) -> str:
         return numpy_code(e, self.names)
@@ -122,9 +123,12 @@ class _NumpyBodies:
         shifted = self.mean is not None
         return out + self.shift([self.mean] if shifted else []) + self.map_pass("y", self.p.y, [], shifted)
 
-    def map_pass(self, out: str, expr, param_sums, shifted: bool) -> list[str]:
-        """One pass writing an elementwise output (and adding up parameter gradients)."""
-        loop = self.loop([expr] + [e for _, e in param_sums], shifted)
+    def map_pass(self, out: str, expr, param_sums, shifted: bool, extra=()) -> list[str]:
+        """One pass writing an elementwise output (and adding up parameter gradients; *extra*: (name, expression)
+        of further outputs, written beside it)."""
+        loop = self.loop([expr] + [e for _, e in extra] + [e for _, e in param_sums], shifted)
+        for name, e in extra:
+            loop.statements([self.output(e, shifted, loop)], shifted, into=f"{name}[sl]")
         exprs = [self.output(expr, shifted, loop)] + [e for _, e in param_sums]
         codes = loop.statements(exprs, shifted, into=f"{out}[sl]")
         loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes)]
@@ -134,20 +138,23 @@ class _NumpyBodies:
         red = "axis=_RED, dtype=np.float64, keepdims=True"
         shifted, head = self.mean in given, self.shift(given)
         if not sums:
-            return head + self.map_pass("dx", dx, param_sums, shifted)
+            return head + self.map_pass("dx", dx, param_sums, shifted, self.dr)
         lw = self.lw
         taken, rest = lw.taken, lw.rest
         split = lw.split if lw.numpy_split else None
         if self.whole:
             summed = split.monomials if split else [(sympy.Symbol(f"{s.name}_c"), e) for s, e in sums]
             exprs = [e for _, e in summed] + [e for _, e in rest]
-            loop = self.loop(exprs + [dx] + list(split.totals if split else []), shifted, computed={s for s, _ in sums})
+            loop = self.loop(exprs + [dx] + [e for _, e in self.dr] + list(split.totals if split else []), shifted,
+                             computed={s for s, _ in sums})
             codes = loop.statements(exprs, shifted)
             loop.body += [f"{s.name} = np.add.reduce({c}, {red})" for (s, _), c in zip(summed, codes)]
             if split:
                 loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split.totals)]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
             loop.body += [self.param_add(s, f"{st.name}_c") for s, st in taken]
+            for name, e in self.dr:
+                loop.statements([self.output(e, shifted, loop)], shifted, into=f"{name}[sl]")
             loop.statements([self.output(dx, shifted, loop)], shifted, into="dx[sl]")
             return head + self.param_accumulators(param_sums) + loop.lines()
         param_sums = rest
@@ -161,7 +168,7 @@ class _NumpyBodies:
         out = head + [f"{s.name} = _stat(xb)" for s, _ in summed] + self.param_accumulators(param_sums)
         combined = [f"{s.name} = {self.code(total)}" for (s, _), total in zip(sums, split.totals)] if split else []
         combined += [f"{s.name} = np.add.reduce({st.name}, axis=_NONPARAM)" for s, st in taken]
-        return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted)
+        return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted, self.dr)
 
     def param_accumulators(self, param_sums) -> list[str]:
         return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
@@ -182,7 +189,7 @@ class _Loop:
         self.body: list[str] = []
         self.known: dict = {}
         used = bodies.ew.used(list(exprs))
-        pairs = [(n, v) for s, n, v in ((X, "xc", "xb[sl]"), (DY, "dyc", "dyb[sl]")) if s in used]
+        pairs = [(n, v) for s, n, v in ((X, "xc", "xb[sl]"), (DY, "dyc", "dyb[sl]"), (R, "rc", "rb[sl]")) if s in used]
         chunked = (used | ({SHIFT} if shifted and X in used else set())) & bodies.sliced - computed
         pairs += [(bodies.names[s], f"_part({s.name}, sl)") for s in sorted(chunked, key=str)
                   if s not in bodies.coordinates]
