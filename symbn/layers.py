@@ -4,6 +4,9 @@ Every layer has ``forward(x)``, ``backward(dy)`` (returns dx and *sets* ``dgamma
 accumulated across calls), ``parameters()``/``gradients()`` (dicts of arrays, the parameters updated in place by an
 optimizer), ``train()``/``eval()``, and a state dict that saves to and loads from an ``.npz`` file.
 
+With ``epilogue="relu"`` a layer applies relu to its output in the same kernels; with ``epilogue="add_relu"`` it
+adds a residual first, ``forward(x, r)``, and ``backward(dy)`` sets ``dr``, the residual's gradient, too.
+
 The maths lives in the generated module (``self.kernels``, from ``symbn.load``): no formula is written here.
 Running statistics follow a named convention:
 

@@ -434,7 +434,6 @@ def eval_checks(module, data: dict) -> list[Result]:
     """Eval mode. With running statistics: backward_eval against central differences of forward_eval, the running
     statistics held fixed (relative error <= 1e-7). Without (eval mode is the training computation): forward_eval
     equals forward_train's y exactly."""
-    names = parameter_names(module)
     params = forward_inputs(module, data)
     if not getattr(module, "RUNNING", ()):
         y = np.asarray(module.forward_train(data["x"], *params)[0])

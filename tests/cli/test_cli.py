@@ -249,13 +249,16 @@ def test_derive_an_epilogue_shows_it_and_the_normalization_on_its_gradient(capsy
     assert section(out, "forward graph")[-1].split()[1] == "z"
 
 
-def test_an_epilogue_is_not_generated_and_nothing_is_written(capsys, tmp_path):
-    err = fails(capsys, "generate", "batch", "--epilogue", "relu", "-o", str(tmp_path / "out"))
-    assert "--epilogue: got 'relu'" in err and "no kernels" in err
-    assert not (tmp_path / "out").exists()
-    err = fails(capsys, "generate", "relu(x - mean(x)) + r", "--axes", "0", "--param-axes", "none",
-                "-o", str(tmp_path / "out"))
-    assert "PRESET_OR_EXPR" in err and "no kernels" in err
+def test_an_epilogue_is_generated_but_not_documented(capsys, tmp_path):
+    cli.main(["generate", "batch", "--epilogue", "add_relu", "--backend", "numpy", "-o", str(tmp_path / "out")])
+    capsys.readouterr()
+    (path,) = (tmp_path / "out").glob("*.py")
+    assert path.name == "batch_nc_add_relu_numpy.py"
+    text = path.read_text()
+    assert "def forward_train(x, r, gamma, beta," in text and "-> (dx, dr, dgamma, dbeta)" in text
+    err = fails(capsys, "derive", "batch", "--epilogue", "relu", "--format", "md", "-o", str(tmp_path / "docs"))
+    assert "--epilogue: got 'relu'" in err and "documents do not show epilogues" in err
+    assert not (tmp_path / "docs").exists()
 
 
 def test_an_epilogue_on_an_expression_is_refused_as_a_flag(capsys):
