@@ -130,10 +130,10 @@ def residual(module) -> bool:
 
 
 def backward_inputs(module) -> list[str]:
-    """What backward takes between dy, x and the statistics: r and the parameters it reads."""
-    import inspect
-
-    return [p for p in ("r", "gamma", "beta") if p in inspect.signature(module.backward).parameters]
+    """What backward takes between dy, x and the statistics: r where the epilogue adds one, gamma, and beta where an
+    epilogue's mask reads it (as the generated modules' signatures have them)."""
+    params = parameter_names(module)
+    return ["r"] * residual(module) + [p for p in params if p == "gamma" or epilogue(module)]
 
 
 def forward_inputs(module, data: dict) -> list:
