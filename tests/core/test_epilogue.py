@@ -16,12 +16,18 @@ from symbn.core.spec import PRESETS, SpecError
 from symbn.core.symbols import DY, DZ, M, R, Z, rsum
 from symbn.core.verify import ProofError, prove, prove_all
 
-from tests.core.test_derive import by_name
 
 LAYOUT = {"batch": "NCHW", "layer": "NC", "instance": "NCHW", "group": "NHWC", "rms": "NC"}
 SPECS = [preset(name, LAYOUT[name], groups=2 if PRESETS[name].grouped else None, epilogue=e)
          for name in PRESETS for e in PRESET_EPILOGUES]
 MAX = "max(gamma*(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps) + beta, 2*r) - r"
+
+
+def by_name(d, name):
+    """A symbol of the derivation's graph or compact backward, by name (its assumptions aside)."""
+    atoms = {n.symbol for n in d.graph.nodes} | {a for _, e in d.coordinates + d.compact for a in e.free_symbols}
+    (found,) = [a for a in atoms if a.name == name]
+    return found
 
 
 # --- grammar and splitting -------------------------------------------------------------------------------------
