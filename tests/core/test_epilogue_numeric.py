@@ -93,6 +93,7 @@ def test_the_derived_gradients_match_central_differences(name, epilogue):
         assert error <= 1e-7, (grad, error)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name, epilogue", CASES)
 def test_the_derived_gradients_match_pytorch(name, epilogue):
     torch = pytest.importorskip("torch")
