@@ -386,3 +386,19 @@ def test_large_outputs_reuse_memory_only_once_no_view_of_it_is_left(backend):
     del view, second
     third = m.forward_train(x, gamma, beta)[0]
     assert third.ctypes.data in addresses and third.flags.writeable and third.flags.c_contiguous
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_first_large_output_of_a_size_leaves_a_spare_for_the_next(backend):
+    """A loop holds its last output while it makes the next: the first output of a size leaves a spare block in the
+    pool, so the second takes that, not new memory, and it is not the first output's memory."""
+    m = catalogue_module("layer_nc", backend)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 37449))  # 2 MiB in float64, a size no other test makes
+    gamma, beta = np.ones(37449), np.zeros(37449)
+    assert x.nbytes not in m._pool_seen
+    first = m.forward_train(x, gamma, beta)[0]
+    (spare,) = m._pool[x.nbytes]
+    second = m.forward_train(x, gamma, beta)[0]
+    assert second.ctypes.data == spare.ctypes.data != first.ctypes.data
+    assert np.array_equal(first, second) and not m._pool[x.nbytes]
