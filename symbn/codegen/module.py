@@ -77,7 +77,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         set_size_text=p.set_size_text,
         sig_params="x, " + "r, " * residual + "".join(f"{q}, " for q in params),
         # what backward takes after dy and x: r and the parameters it reads (beta too inside an epilogue's mask)
-        sig_gamma="r, " * residual + "".join(f"{q}, " for q in p.backward_params),
+        sig_backward="r, " * residual + "".join(f"{q}, " for q in p.backward_params),
         params=params, has_gamma="gamma" in params, has_beta="beta" in params, bparams=list(p.backward_params),
         epilogue=p.epilogue, residual=residual,
         epilogue_text=repr(text(d.epilogue.forward)) if d.epilogue is not None else None, r_in=", rb" if residual else "", dr_out=", drb" if residual else "",

@@ -413,8 +413,6 @@ def preset(name: str, layout: str | None = None, *, groups: int | None = None, c
             raise SpecError("groups", None, "a positive integer number of groups for group norm")
     elif groups is not None:
         raise SpecError("groups", groups, f"no groups for {name} norm (only group norm splits channels)")
-    if epilogue is not None and (not isinstance(epilogue, str) or epilogue not in epilogues.PRESET_EPILOGUES):
-        raise SpecError("epilogue", epilogue, f"None or one of {', '.join(epilogues.PRESET_EPILOGUES)}")
     return Spec(
         expression=_preset_expression(name, epilogue),
         ndim=ndim,
@@ -432,6 +430,9 @@ def preset(name: str, layout: str | None = None, *, groups: int | None = None, c
 
 
 def _preset_expression(name: str, epilogue: str | None = None) -> str:
+    """A preset's forward expression, with its epilogue around it (SpecError for an epilogue that is none)."""
+    if epilogue is not None and (not isinstance(epilogue, str) or epilogue not in epilogues.PRESET_EPILOGUES):
+        raise SpecError("epilogue", epilogue, f"None or one of {', '.join(epilogues.PRESET_EPILOGUES)}")
     core = f"gamma*({PRESETS[name].core}) + beta"
     return epilogues.PRESET_EPILOGUES[epilogue].format(core) if epilogue else core
 
@@ -474,8 +475,6 @@ def make(what: str, *, layout: str | None = None, like: str | None = None, axes:
         row = PRESETS[what]
         options.setdefault("center", row.center)
         epilogue = options.pop("epilogue", None)
-        if epilogue is not None and (not isinstance(epilogue, str) or epilogue not in epilogues.PRESET_EPILOGUES):
-            raise SpecError("epilogue", epilogue, f"None or one of {', '.join(epilogues.PRESET_EPILOGUES)}")
         return make(_preset_expression(what, epilogue), axes=axes, param_axes=param_axes, ndim=ndim, groups=groups,
                     channel_axis=channel_axis, **options).with_options(preset=what, epilogue=epilogue)
     if what.isidentifier() and what not in expr.NAMES:
