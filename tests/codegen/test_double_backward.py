@@ -141,3 +141,23 @@ def test_none_upstream_is_zero_and_out_is_written(backend):
         m.double_backward(d["ggx"][:1], None, None, d["dy"], d["x"], d["gamma"], *saved)
     with pytest.raises(ValueError, match="gggamma: expected shape"):
         m.double_backward(d["ggx"], d["gggamma"][:1], None, d["dy"], d["x"], d["gamma"], *saved)
+
+
+def test_wide_column_double_backward_takes_rows_in_fours():
+    """The column kernels' sums take rows in fours (with a tail) where a row's accumulators do not fit in L1
+    (C * sums > 2048); the other inputs here are narrow. 2100 columns (the eval pass has one sum) and 5 or 6 rows per
+    chunk (4 chunks per thread) take that loop nest and its tail; NumPy's double backward is the reference."""
+    import numba
+
+    a, b = module("batch_nc", "numpy"), module("batch_nc", "numba")
+    rng = np.random.default_rng(8)
+    shape = (20 * numba.get_num_threads() + 3, 2100)
+    x, dy, ggx = rng.normal(3.0, 2.0, size=shape), rng.normal(size=shape), rng.normal(size=shape)
+    gamma, beta, gggamma, ggbeta = (rng.normal(size=2100) for _ in range(4))
+    running = [rng.normal(size=2100), rng.uniform(0.5, 1.5, size=2100)]
+    _, *saved = a.forward_train(x, gamma, beta)
+    for m, n in ((a.double_backward, b.double_backward), (a.double_backward_eval, b.double_backward_eval)):
+        stats = saved if m is a.double_backward else running
+        for u, v in zip(m(ggx, gggamma, ggbeta, dy, x, gamma, *stats), n(ggx, gggamma, ggbeta, dy, x, gamma, *stats),
+                        strict=True):
+            np.testing.assert_allclose(v, u, rtol=1e-10, atol=1e-10 * np.max(np.abs(u)))

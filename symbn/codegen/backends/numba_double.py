@@ -16,7 +16,7 @@ def double(lw: Lowering) -> dict:
     """The template context of the double backward's kernels, both modes."""
     st = structure(lw)
     modes = [_mode(d, st) for d in lw.double if d is not None]
-    return dict(modes=modes, **st)
+    return dict(modes=modes, accumulators_in_l1=lw.column_accumulators_in_l1, **st)
 
 
 def _mode(d: DoubleLowering, st: dict) -> dict:
