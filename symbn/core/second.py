@@ -19,6 +19,15 @@ statistics define (sum(x) = M*mu, ...), change to the normalized coordinate, nam
 
 In eval mode the statistics are held constant (running statistics): the backward graph is the coordinate and the
 eval-mode dx, dgamma, dbeta, and nothing reduces over a set.
+
+After an epilogue y = f(z, r) (symbn.core.epilogue) the first-order backward is the normalization's, run on
+dz = dy*f_z, with dr = dy*f_r beside it. Where f is linear in z and r between its kinks (relu, max, a residual add:
+every second derivative of f is 0 almost everywhere), the masks f_z, f_r do not move under a small change of x, r,
+gamma or beta, so the double backward is the normalization's, derived as above with dz as its upstream gradient,
+joined by the chain rule: gdy = f_z*gdz + f_r*ggr (ggr the upstream gradient of dr), gx and ggamma as the
+normalization's, and the gradients with respect to r and beta are 0. The proof checks all of it, those zeros
+included, against the brute-force derivative of the whole fused backward. An epilogue with second derivatives
+(relu(z)*r, z**2) is refused.
 """
 
 from __future__ import annotations
@@ -29,11 +38,11 @@ from dataclasses import dataclass, replace
 
 import sympy
 
-from symbn.core.derive import (DBETA, DGAMMA, DX, Derivation, Program, Step, Contribution, _diff, _eliminate,
+from symbn.core.derive import (DBETA, DGAMMA, DR, DX, Derivation, Program, Step, Contribution, _diff, _eliminate,
                                _name_reductions, _pull, _tidy, derive)
 from symbn.core.graph import ELEM, REDUCE, STAT, Node
 from symbn.core.spec import Spec
-from symbn.core.symbols import BETA, DY, EPS, GAMMA, GGBETA, GGGAMMA, GGX, M, X, psum, rsum, sym
+from symbn.core.symbols import BETA, DY, DZ, EPS, GAMMA, GGBETA, GGGAMMA, GGX, M, R, X, Z, psum, rsum, sym
 from symbn.core.verify import (_RANGES, ATTEMPTS, Interpreter, Proof, _check_equal, _defined, _loss_gradient,
                                _Singular, proof_tensor, unproved)
 
@@ -41,9 +50,12 @@ PSUM = "psum"  # a node of the backward graph that sums over the axes the parame
 MODES = ("train", "eval")
 
 GDY, GX, GGAMMA = sym("gdy"), sym("gx"), sym("ggamma")
+# After an epilogue: the normalization's double backward gives gdz (its upstream gradient is dz), and the residual's
+# gradient dr has an upstream gradient of its own.
+GDZ, GGR = sym("gdz"), sym("ggr")
 #: The upstream gradient of each first-order output, and the second-order output of each input.
 UPSTREAM = {DX: GGX, DGAMMA: GGGAMMA, DBETA: GGBETA}
-OUTPUTS = {DY: GDY, X: GX, GAMMA: GGAMMA}
+OUTPUTS = {DY: GDY, DZ: GDZ, X: GX, GAMMA: GGAMMA}
 
 # The stages of the simplification from staged to compact, as in derive.STAGES.
 STAGES = ("inline", "elementwise_in_x", "constants_out", "identities", "coordinate", "named_reductions")
@@ -79,6 +91,9 @@ class SecondOrder:
     statistics: tuple[sympy.Symbol, ...]  # per-set statistics the compact form reads, through the coordinate too
     reads: tuple[Reads, ...]  # per output: the statistics, named sums and per-element values it reads
     stages: tuple[tuple[str, Program], ...]  # the outputs after each of STAGES
+    # After an epilogue: dz (and dr) from dy, z and r (derivation.epilogue.backward), which every program above reads
+    # where it reads dz; z is the normalization's output. () without an epilogue.
+    head: Program = ()
 
     @property
     def outputs(self) -> tuple[sympy.Symbol, ...]:
@@ -113,8 +128,11 @@ def derive_second(what: Spec | Derivation, mode: str = "train") -> SecondOrder:
     d = what if isinstance(what, Derivation) else derive(what)  # derive() refuses anything but a Spec
     spec = d.spec
     if d.epilogue is not None:
-        raise ValueError(f"what: {spec.name} ends in an epilogue (r, relu() or max()); its double backward is not "
-                         "derived: second order covers normalizations without one")
+        curved = _second_derivatives(d.epilogue.forward)
+        if curved:
+            raise ValueError(f"what: the epilogue of {spec.name}, {d.epilogue.forward} in z and r, has second "
+                             f"derivatives ({', '.join(curved)}); the double backward covers epilogues linear in z "
+                             f"and r between their kinks (relu, max, a residual add)")
     if mode == "eval" and not d.eval_mode:
         raise ValueError(f"mode: got 'eval'; expected 'train': {spec.name} keeps no running statistics (its statistics "
                          "do not span the batch axis), so its eval mode is its training computation")
@@ -124,6 +142,16 @@ def derive_second(what: Spec | Derivation, mode: str = "train") -> SecondOrder:
 
 
 _CACHE: dict = {}  # (the fields that shape a derivation, as derive._derive is cached on, mode) -> fields
+
+
+def _second_derivatives(f: sympy.Expr) -> list[str]:
+    """The second derivatives of an epilogue f(z, r) that are not 0 almost everywhere, written out."""
+    out = []
+    for a, b in ((Z, Z), (Z, R), (R, R)):
+        second = _local(_local(f, a), b)
+        if second != 0:
+            out.append(f"d2/d{a}d{b} = {second}")
+    return out
 
 
 def _second(d: Derivation, key: tuple, mode: str) -> dict:
@@ -142,7 +170,7 @@ def backward_graph(d: Derivation, mode: str = "train") -> tuple[tuple[Node, ...]
     coordinates, the named sums, then dx, dgamma, dbeta. Eval: the coordinate and the eval-mode outputs; every
     statistic is a constant there, not a node."""
     g = d.graph
-    leaves = tuple(s for s in (DY, X, GAMMA) if s == DY or s in g.leaves)
+    leaves = tuple(s for s in (d.upstream, X, GAMMA) if s == d.upstream or s in g.leaves)
     outputs = d.compact if mode == "train" else d.eval_mode
     defs: dict[sympy.Symbol, Node] = {}
     if mode == "train":
@@ -336,7 +364,7 @@ def _build(d: Derivation, mode: str) -> dict:
     outputs = [OUTPUTS[leaf] for leaf in leaves]
 
     param_varying = {GAMMA, GGGAMMA, GGBETA} if d.spec.param_varies else set()
-    frame = _frame(d, {X, DY, GGX} | param_varying)
+    frame = _frame(d, {X, d.upstream, GGX} | param_varying)
     env: dict = {}
     for s, e in staged:
         env[s] = e.xreplace(env)
@@ -379,9 +407,25 @@ def _build(d: Derivation, mode: str) -> dict:
         statistics |= stats
         reads.append(Reads(o, *(tuple(sorted(group, key=lambda a: a.name))
                                 for group in (stats, free & reduction_names, free - stats - reduction_names))))
-    return dict(nodes=nodes, leaves=leaves, upstream=tuple(given.values()), steps=steps, staged=staged,
-                coordinates=d.coordinates, first_order=known, reductions=reductions, compact=tuple(compact),
-                statistics=tuple(sorted(statistics, key=lambda s: s.name)), reads=tuple(reads), stages=stages)
+    fields = dict(nodes=nodes, leaves=leaves, upstream=tuple(given.values()), steps=steps, staged=staged,
+                  coordinates=d.coordinates, first_order=known, reductions=reductions, compact=tuple(compact),
+                  statistics=tuple(sorted(statistics, key=lambda s: s.name)), reads=tuple(reads), stages=stages)
+    return fields if d.epilogue is None else _join_epilogue(d, fields)
+
+
+def _join_epilogue(d: Derivation, fields: dict) -> dict:
+    """The normalization's double backward (in dz, giving gdz) joined to a piecewise-linear epilogue by the chain
+    rule: gdy = f_z*gdz + f_r*ggr, with f_z, f_r the epilogue's own derivatives (d dz/d dy, d dr/d dy)."""
+    backward = dict(d.epilogue.backward)
+    gdy = _diff(backward[DZ], DY) * GDZ
+    upstream = fields["upstream"]
+    if DR in backward:
+        gdy += _diff(backward[DR], DY) * GGR
+        upstream += (GGR,)
+    reads = fields["reads"] + (Reads(GDY, (), (), tuple(sorted(gdy.free_symbols, key=lambda a: a.name))),)
+    return fields | dict(leaves=(DY,) + fields["leaves"][1:], upstream=upstream,
+                         staged=fields["staged"] + ((GDY, gdy),), compact=fields["compact"] + ((GDY, gdy),),
+                         reads=reads, head=d.epilogue.backward)
 
 
 def _sources(reductions: Program) -> dict[sympy.Symbol, frozenset]:
@@ -445,7 +489,9 @@ def prove_second(so: SecondOrder, set_size: int, seed: int = 0) -> Proof:
     element by element over a small tensor (the spec's axes, groups and parameter axes: verify.proof_shape), with
     respect to every entry of dy, x and gamma, exactly, at a random rational point (as verify.prove does; where a
     value is not real and finite there, other points are drawn). In eval mode the statistics are numbers (random
-    running statistics per set, the statistics computed from them as the forward's nodes do), not functions of x."""
+    running statistics per set, the statistics computed from them as the forward's nodes do), not functions of x.
+    After an epilogue L2 gains sum(ggr*dr), the first-order backward is the fused one (dz and dr from dy), the
+    point keeps off the epilogue's kinks, and the derivatives of L2 with respect to r and beta must be 0."""
     d = so.derivation
     spec = d.spec
     shape, stat_ids, param_ids, elements, blocks = proof_tensor(spec, set_size, PROOF_BLOCKS)
@@ -469,15 +515,23 @@ def prove_second(so: SecondOrder, set_size: int, seed: int = 0) -> Proof:
     constants = {EPS: sympy.Rational(rng.randint(1, 9), 10)}
     point = {s: rational() for s in xs + gs + dys}
     running = stats(lambda: abs(rational()))
+    # after an epilogue: beta and the residual enter the backward (through the masks); drawn last so that the proofs
+    # without one keep their points
+    bs = rs = ()
+    if d.epilogue is not None:
+        bs = sympy.symbols(f"b_0:{n_params}", real=True)
+        rs = sympy.symbols(f"r_0:{n}", real=True) if d.epilogue.residual else ()
+        upstream[GGR] = [rational() for _ in range(n)]
+        point |= {s: rational() for s in bs + rs}
     problems = []
     for attempt in range(ATTEMPTS):
         if attempt:
             lo, hi = _RANGES[(attempt - 1) % len(_RANGES)]
             constants = {EPS: sympy.Rational(rng.randint(1, 9), 10)}
-            point = {s: lo + (hi - lo) * sympy.Rational(rng.randint(1, 63), 64) for s in xs + gs + dys}
+            point = {s: lo + (hi - lo) * sympy.Rational(rng.randint(1, 63), 64) for s in xs + gs + dys + bs + rs}
             running = stats(lambda: sympy.Rational(rng.randint(1, 63), 16))
         try:
-            checked, worst = _prove_second_at(so, shape, stat_ids, param_ids, constants, xs, gs, dys, point,
+            checked, worst = _prove_second_at(so, shape, stat_ids, param_ids, constants, (xs, gs, dys, bs, rs), point,
                                               upstream, running, elements.tolist())
         except _Singular as err:
             problems.append(err)
@@ -486,19 +540,31 @@ def prove_second(so: SecondOrder, set_size: int, seed: int = 0) -> Proof:
     unproved(spec, shape, problems, "double backward", "first-order backward", "double backward")
 
 
-def _prove_second_at(so, shape, stat_ids, param_ids, constants, xs, gs, dys, point, upstream, running, elements):
+def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, upstream, running, elements):
     d = so.derivation
     g = d.graph
+    xs, gs, dys, bs, rs = symbols
     train = so.mode == "train"
     first = (d.reductions + d.compact) if train else d.eval_mode
     has_gamma = GAMMA in g.leaves
-    forward = tuple((n.symbol, n.expr) for n in g.nodes[:-1] if train or n.kind == STAT)
+    epilogue = d.epilogue
+    if epilogue is None:
+        forward = tuple((n.symbol, n.expr) for n in g.nodes[:-1] if train or n.kind == STAT)
+        head: Program = ()
+    else:  # the normalization's output z too (the masks read it), and the epilogue's dz, dr from dy
+        forward = tuple((n.symbol, n.expr) for n in g.nodes if train or n.kind != REDUCE)
+        at_z = {Z: g.output.symbol}
+        head = tuple((s, e.xreplace(at_z)) for s, e in epilogue.backward)
 
-    def new(x_values, g_values, dy_values) -> Interpreter:
+    def new(x_values, g_values, dy_values, b_values=None, r_values=None) -> Interpreter:
         run = Interpreter(stat_ids, param_ids, constants)
         run.bind(X, x_values)
         run.bind(GAMMA, [g_values[p] for p in param_ids])
         run.bind(DY, dy_values)
+        if epilogue is not None:
+            run.bind(BETA, [(b_values or [point[b] for b in bs])[p] for p in param_ids])
+            if rs:
+                run.bind(R, r_values or [point[r] for r in rs])
         if not train:
             for s, values in running.items():
                 run.bind(s, [values[i] for i in stat_ids])
@@ -506,41 +572,54 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, xs, gs, dys, poi
 
     # The first-order backward at the point first: where it is undefined the point is no good.
     values = new([point[s] for s in xs], [point[s] for s in gs], [point[s] for s in dys])
-    for symbol, expr in forward + d.coordinates + first:
+    for symbol, expr in forward + head + d.coordinates + first:
         values.env[symbol] = values.evaluate(expr)
         _defined(values.env[symbol], f"the backward's {symbol}", elements)
+    for kink in epilogue.kinks if epilogue else ():  # where the masks jump nothing is differentiable
+        if any(v == 0 for v in values.evaluate(kink.xreplace(at_z))):
+            raise _Singular(f"the epilogue's {kink} is 0, a kink, at one element")
 
-    # Brute force: dx, dgamma, dbeta element by element in symbols, L2 differentiated by SymPy. A partial derivative
-    # at the point depends only on L2 along its own variable, so the entries of x and gamma are symbols with dy at
-    # its values, then the entries of dy with x and gamma at theirs: the same derivatives, from smaller expressions.
+    # Brute force: dx, dgamma, dbeta (and dr) element by element in symbols, L2 differentiated by SymPy. A partial
+    # derivative at the point depends only on L2 along its own variable, so the entries of x and gamma are symbols
+    # with dy at its values, then the entries of dy with x and gamma at theirs: the same derivatives, from smaller
+    # expressions; after an epilogue the entries of beta and r likewise.
     rep = {}  # one element of each parameter: where its dgamma, dbeta are read
     for e, p in enumerate(param_ids.tolist()):
         rep.setdefault(p, e)
 
     def loss_gradient(run: Interpreter):
-        run.run(forward + d.coordinates + first)
+        run.run(forward + head + d.coordinates + first)
         weights, terms = list(upstream[GGX]), list(run.env[DX])
+        if rs:
+            weights, terms = weights + upstream[GGR], terms + list(run.env[DR])
         for d_symbol, up in ((DGAMMA, GGGAMMA), (DBETA, GGBETA)):
             if d_symbol in run.env:
                 weights += upstream[up]
                 terms += [run.env[d_symbol][rep[p]] for p in range(len(rep))]
         return _loss_gradient(weights, [_steps(t) for t in terms], point)
 
-    in_x = loss_gradient(new(xs, gs, [point[s] for s in dys]))
-    in_dy = loss_gradient(new([point[s] for s in xs], [point[s] for s in gs], dys))
+    at = {s: [point[v] for v in vs] for s, vs in (("x", xs), ("g", gs), ("dy", dys))}
+    in_x = loss_gradient(new(xs, gs, at["dy"]))
+    in_dy = loss_gradient(new(at["x"], at["g"], dys))
     expected = {GDY: [in_dy(s) for s in dys], GX: [in_x(s) for s in xs]}
     if has_gamma:
         expected[GGAMMA] = [in_x(gs[p]) for p in param_ids]
     for symbol, want in expected.items():
         _defined(want, f"the brute-force {symbol}", elements)
+    zeros = []  # after an epilogue: r and beta move L2 by nothing (the masks are flat between the kinks)
+    if epilogue is not None:
+        in_rb = loss_gradient(new(at["x"], at["g"], at["dy"], list(bs), list(rs) or None))
+        zeros = [("gbeta", [in_rb(b) for b in bs])] + ([("gr", [in_rb(r) for r in rs])] if rs else [])
 
     results = []
     for label, programs in (("staged", (so.staged,)), ("compact", (so.reductions, so.compact))):
-        numeric = new([point[s] for s in xs], [point[s] for s in gs], [point[s] for s in dys])
+        numeric = new(at["x"], at["g"], at["dy"])
         numeric.bind(GGX, upstream[GGX])
         numeric.bind(GGGAMMA, [upstream[GGGAMMA][p] for p in param_ids])
         numeric.bind(GGBETA, [upstream[GGBETA][p] for p in param_ids])
-        numeric.run(forward + d.coordinates + first)
+        if rs:
+            numeric.bind(GGR, upstream[GGR])
+        numeric.run(forward + head + d.coordinates + first)
         for program in programs:
             numeric.run(program)
         for symbol in expected:
@@ -554,6 +633,10 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, xs, gs, dys, poi
                 where = f"{so.mode} {label} {symbol} at element {elements[e]} of shape {shape}"
                 worst = max(worst, _equal(a, b, where))
             checked.append(f"{label} {symbol}")
+    for name, values in zeros:
+        for i, v in enumerate(values):
+            worst = max(worst, _equal(v, sympy.Integer(0), f"{so.mode} {name} = 0 at entry {i} of shape {shape}"))
+        checked.append(f"{name} = 0")
     return tuple(checked), worst
 
 

@@ -11,7 +11,7 @@ from symbn.core.derive import DR, DX
 from symbn.core.epilogue import PRESET_EPILOGUES, split
 from symbn.core.epilogue import Z as Z_LEAF
 from symbn.core.expr import ExpressionError
-from symbn.core.second import derive_second
+from symbn.core.second import GDY, GDZ, GGR, GX, derive_second, prove_second, prove_second_all
 from symbn.core.spec import PRESETS, SpecError
 from symbn.core.symbols import DY, DZ, M, R, Z, rsum
 from symbn.core.verify import ProofError, prove, prove_all
@@ -137,9 +137,59 @@ def test_a_wrong_epilogue_gradient_fails_the_proof(change):
         prove(_with_backward(d, change), 4)
 
 
-def test_the_second_order_of_an_epilogue_is_refused_not_guessed():
-    with pytest.raises(ValueError, match="epilogue"):
-        derive_second(preset("batch", "NC", epilogue="relu"))
+# --- second order ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_every_preset_with_every_epilogue_has_a_proven_double_backward(spec):
+    modes = ("train", "eval") if spec.tracks_running else ("train",)
+    for mode in modes:
+        for proof in prove_second_all(derive_second(spec, mode), sizes=(2, 3)):
+            assert {"compact gdy", "compact gx", "gbeta = 0"} <= set(proof.checked)
+            assert ("gr = 0" in proof.checked) == (spec.epilogue == "add_relu")
+
+
+def test_a_max_epilogue_over_custom_axes_has_a_proven_double_backward():
+    so = derive_second(make(MAX, axes=(0,), param_axes=(1,)))
+    assert GGR in so.upstream
+    for proof in prove_second_all(so, sizes=(2, 3)):
+        assert {"staged gdy", "compact gdy", "compact ggamma", "gr = 0"} <= set(proof.checked)
+
+
+def test_the_double_backward_joins_the_normalization_s_by_the_masks():
+    so = derive_second(preset("batch", "NCHW", epilogue="add_relu"))
+    mask = sympy.Heaviside(so.derivation.graph.output.symbol + R)
+    assert so.output(so.compact, GDY) == mask * GDZ + mask * GGR
+    plain = derive_second(preset("batch", "NCHW"))
+    # the normalization's part is the plain double backward with dz for dy
+    for symbol, mine in ((GDZ, so.output(so.compact, GDZ)), (GX, so.gx)):
+        theirs = plain.output(plain.compact, GDY if symbol == GDZ else symbol)
+        assert sympy.simplify(mine.xreplace(dict(so.reductions))
+                              - theirs.xreplace(dict(plain.reductions)).xreplace({DY: DZ})) == 0
+
+
+def _joined(so, change):
+    return dataclasses.replace(so, compact=tuple((s, change(e) if s == GDY else e) for s, e in so.compact))
+
+
+@pytest.mark.parametrize("change", [
+    lambda e: e.replace(sympy.Heaviside, lambda *_: sympy.Integer(1)),  # the masks forgotten
+    lambda e: e.xreplace({GGR: 0}),  # the residual's upstream gradient dropped
+    lambda e: e.xreplace({h: sympy.Heaviside(-h.args[0]) for h in e.atoms(sympy.Heaviside)}),  # masks reversed
+    lambda e: e + sympy.Rational(1, 10**6) * GGR * DY,  # a tiny wrong term: the check is exact
+])
+def test_a_wrong_epilogue_double_backward_fails_the_proof(change):
+    so = derive_second(preset("batch", "NC", epilogue="add_relu"))
+    prove_second(so, 4)
+    with pytest.raises(ProofError):
+        prove_second(_joined(so, change), 4)
+
+
+def test_an_epilogue_with_second_derivatives_is_refused_not_guessed():
+    curved = make("relu(gamma*(x - mean(x))/sqrt(mean((x - mean(x))**2) + eps) + beta)*r", axes=(0,),
+                  param_axes=(1,))
+    with pytest.raises(ValueError, match=r"what: the epilogue of .* has second derivatives \(d2/dzdr"):
+        derive_second(curved)
 
 
 def test_eval_mode_backward_runs_on_the_masked_gradient():
