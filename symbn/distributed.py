@@ -59,6 +59,9 @@ class SyncBatchNorm(BatchNorm):
     statistics and needs no communication."""
 
     def __init__(self, num_features: int, layout: str = "NC", *, comm=None, **options):
+        if options.get("epilogue") is not None:  # the fused modules have no split-phase pieces to synchronize
+            raise ValueError(f"epilogue: SyncBatchNorm takes none (its kernels exchange statistics between phases that "
+                             f"an epilogue's fused kernels do not split); got {options['epilogue']!r}")
         super().__init__(num_features, layout, **options)
         self.comm = mpi().COMM_WORLD if comm is None else comm
 
@@ -95,11 +98,11 @@ class SyncBatchNorm(BatchNorm):
         self.comm.Allreduce(share, total, op=mpi().SUM)
         return self.kernels.finish_backward(dy, xv, gamma, *saved, total, eps=self.eps)
 
-    def _train_double(self, upstream, dy, xv, gamma, saved):
-        share = self.kernels.partial_double(*upstream, dy, xv, gamma, *saved, eps=self.eps)
+    def _train_double(self, upstream, dy, xv, taken, saved):
+        share = self.kernels.partial_double(*upstream, dy, xv, *taken, *saved, eps=self.eps)
         total = np.empty_like(share)
         self.comm.Allreduce(share, total, op=mpi().SUM)
-        return self.kernels.finish_double(*upstream, dy, xv, gamma, *saved, total, eps=self.eps)
+        return self.kernels.finish_double(*upstream, dy, xv, *taken, *saved, total, eps=self.eps)
 
     def __repr__(self) -> str:
         return "Sync" + super().__repr__() + f" over {self.comm.Get_size()} processes"

@@ -465,23 +465,23 @@ class _Norm(Layer):
                 setattr(self, "d" + name, d.reshape(self.gamma.shape).astype(self.dtype))
         return dx.reshape(shape)
 
-    def double_backward(self, ggx: ArrayLike, gggamma: ArrayLike | None = None,
-                        ggbeta: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def double_backward(self, ggx: ArrayLike, gggamma: ArrayLike | None = None, ggbeta: ArrayLike | None = None,
+                        ggr: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The second order of the last backward: (gdy, gx, ggamma), the gradients with respect to dy, x and gamma of
-        sum(ggx*dx) + sum(gggamma*dgamma) + sum(ggbeta*dbeta), where dx, dgamma, dbeta are what the last backward
-        computed from dy (in eval mode, with the statistics held constant, as that backward had them). ggx has the
-        shape of x, gggamma and ggbeta that of gamma; None is zero. Gradient penalties and Hessian-vector products
-        need it; the kernels' double_backward does the work."""
-        if self.epilogue:
-            raise NotImplementedError(f"{self!r}: the second order of an epilogue is not derived (symbn.core.second "
-                                      "covers normalizations without one)")
+        sum(ggx*dx) + sum(gggamma*dgamma) + sum(ggbeta*dbeta) (+ sum(ggr*dr) with epilogue="add_relu"), where dx,
+        dgamma, dbeta (and dr) are what the last backward computed from dy (in eval mode, with the statistics held
+        constant, as that backward had them). ggx and ggr have the shape of x, gggamma and ggbeta that of gamma; None
+        is zero. After an epilogue the gradients with respect to r and beta are 0 (relu is linear between its kinks).
+        Gradient penalties and Hessian-vector products need it; the kernels' double_backward does the work."""
         if self._cache is None or getattr(self, "_dy", None) is None:
             raise RuntimeError(f"{type(self).__name__}.double_backward: call forward and backward first")
         shape, xv, saved, running = self._cache
-        ggx = as_array("ggx", ggx, "iuf", "real numbers")
-        if ggx.shape != shape:
-            raise ValueError(f"ggx: expected the shape of the last forward's input {shape}; got {ggx.shape}")
-        upstream = [self._view(ggx.astype(xv.dtype, copy=False))]
+        upstream = [self._like_x("ggx", ggx, shape, xv)]
+        if self.residual:
+            upstream.append(None if ggr is None else self._like_x("ggr", ggr, shape, xv))
+        elif ggr is not None:
+            raise ValueError(f"ggr: expected None: {self!r} takes no residual (only epilogue='add_relu' does); got "
+                             f"{type(ggr).__name__}")
         if self.beta is None and ggbeta is not None:
             raise ValueError(f"ggbeta: expected None: {self!r} has no beta; got {type(ggbeta).__name__}")
         for name, value in [("gggamma", gggamma)] + ([("ggbeta", ggbeta)] if self.beta is not None else []):
@@ -491,17 +491,24 @@ class _Norm(Layer):
                     raise ValueError(f"{name}: expected the shape of gamma {self.gamma.shape}; got {value.shape}")
                 value = value.astype(np.float64).reshape(-1)
             upstream.append(value)
-        gamma = self._params()[0]
+        taken = (*self._residual(), *self._backward_params(self._params()[0]))
         if saved is not None:
-            gdy, gx, ggamma = self._train_double(upstream, self._dy, xv, gamma, saved)
+            gdy, gx, ggamma = self._train_double(upstream, self._dy, xv, taken, saved)
         else:
-            gdy, gx, ggamma = self.eval_kernels.double_backward_eval(*upstream, self._dy, xv, gamma, *running,
+            gdy, gx, ggamma = self.eval_kernels.double_backward_eval(*upstream, self._dy, xv, *taken, *running,
                                                                      eps=self.eps)
         return gdy.reshape(shape), gx.reshape(shape), ggamma.reshape(self.gamma.shape).astype(self.dtype)
 
-    def _train_double(self, upstream: list, dy: np.ndarray, xv: np.ndarray, gamma: np.ndarray, saved: list) -> tuple:
-        """The training double backward kernel."""
-        return self.kernels.double_backward(*upstream, dy, xv, gamma, *saved, eps=self.eps)
+    def _like_x(self, name: str, value: ArrayLike, shape: tuple, xv: np.ndarray) -> np.ndarray:
+        """An upstream gradient like the last forward's input, in the kernels' view."""
+        value = as_array(name, value, "iuf", "real numbers")
+        if value.shape != shape:
+            raise ValueError(f"{name}: expected the shape of the last forward's input {shape}; got {value.shape}")
+        return self._view(value.astype(xv.dtype, copy=False))
+
+    def _train_double(self, upstream: list, dy: np.ndarray, xv: np.ndarray, taken: tuple, saved: list) -> tuple:
+        """The training double backward kernel; *taken*: r, gamma (and beta) as backward takes them."""
+        return self.kernels.double_backward(*upstream, dy, xv, *taken, *saved, eps=self.eps)
 
     def parameters(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in self.trained}

@@ -15,8 +15,9 @@ import numpy as np
 #: and write y; backward reads x and dy and writes dx; forward+backward does both; double-backward reads x, dy and
 #: ggx and writes gdy and gx.
 TENSORS_MOVED = {"forward": 2, "backward": 3, "forward+backward": 5, "inference": 2, "double-backward": 5}
-# an epilogue's residual: read by the forward (r), read and written by the backward (r, dr)
-RESIDUAL_MOVED = {"forward": 1, "backward": 2, "forward+backward": 3, "inference": 1, "double-backward": 0}
+# an epilogue's residual: read by the forward (r), read and written by the backward (r, dr), read by the double
+# backward with its upstream gradient (r, ggr)
+RESIDUAL_MOVED = {"forward": 1, "backward": 2, "forward+backward": 3, "inference": 1, "double-backward": 2}
 
 
 def min_bytes(pass_name: str, elements: int, itemsize: int, residual: bool = False) -> int:

@@ -241,12 +241,12 @@ def module_calls(data, module, reuse=False):
         return module.backward(dy, x, *gamma, *s, out=dx_out)
 
     # eval mode: from the running statistics, or where there are none, the training computation itself
-    upstream = [data["ggx"]] + [data["gg" + p] for p in parameter_names(module)]
+    upstream = [data[k] for k in ["ggx"] + ["ggr"] * ("r" in data) + ["gg" + p for p in parameter_names(module)]]
     pair = (np.empty_like(x), np.empty_like(x)) if reuse else None
     calls = {"forward": lambda: module.forward_train(x, *params, **running, out=y_out),
              "backward": lambda: module.backward(dy, x, *gamma, *saved, out=dx_out), "forward+backward": fwd_bwd,
              "inference": lambda: module.forward_eval(x, *params, **running, out=y_out)}
-    if hasattr(module, "double_backward"):  # not after an epilogue
+    if hasattr(module, "double_backward"):  # not after an epilogue with second derivatives
         calls["double-backward"] = lambda: module.double_backward(*upstream, dy, x, *gamma, *saved, out=pair)
     return calls, lambda out: out if isinstance(out, np.ndarray) else out[0]
 
@@ -301,15 +301,14 @@ def torch_calls(spec, data, torch):
              "backward": lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True),
              "forward+backward": lambda: torch.autograd.grad(f(True), inputs, dy),
              "inference": inference}
-    if not spec.epilogue:
-        # the second order: the backward as a graph (create_graph), the penalty sum(ggx*dx) + ..., built once; the
-        # pass timed is its gradient with respect to dy, x and gamma
-        grads = torch.autograd.grad(f(True), inputs, dy, create_graph=True)
-        upstream = [torch.from_numpy(data["ggx"])] + [torch.from_numpy(data["gg" + p]) for p in ("gamma", "beta")
-                                                      if p in data]
-        penalty = sum((u * g).sum() for u, g in zip(upstream, grads))
-        wrt = [dy_leaf, leaf] + params[:1]
-        calls["double-backward"] = lambda: torch.autograd.grad(penalty, wrt, retain_graph=True)
+    # the second order: the backward as a graph (create_graph), the penalty sum(ggx*dx) (+ sum(ggr*dr)) + ..., built
+    # once; the pass timed is its gradient with respect to dy, x and gamma
+    grads = torch.autograd.grad(f(True), inputs, dy, create_graph=True)
+    names = ["ggx"] + ["ggr"] * ("r" in data) + ["gg" + p for p in ("gamma", "beta") if p in data]
+    upstream = [torch.from_numpy(data[k]) for k in names]
+    penalty = sum((u * g).sum() for u, g in zip(upstream, grads, strict=True))
+    wrt = [dy_leaf, leaf] + params[:1]
+    calls["double-backward"] = lambda: torch.autograd.grad(penalty, wrt, retain_graph=True)
 
     def primary(out):
         return (out[0] if isinstance(out, tuple) else out.movedim(1, channel)).detach().numpy()
@@ -346,6 +345,7 @@ def make_data(spec: Spec, shape, dtype, module, seed: int = 0) -> dict:
     data["ggx"] = rng.standard_normal(shape, dtype=dtype)
     if spec.epilogue == "add_relu":
         data["r"] = rng.standard_normal(shape, dtype=dtype)
+        data["ggr"] = rng.standard_normal(shape, dtype=dtype)  # the second order's upstream gradient of dr
     _, *saved = module.forward_train(data["x"], *forward_inputs(module, data))
     data["running"] = _running_like(module.RUNNING, saved[0], dtype)
     return data

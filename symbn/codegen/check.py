@@ -483,36 +483,36 @@ def _run(module: types.ModuleType, seed: int, double: bool = True) -> list[Resul
 
 def double_check(module, data: dict, seed: int = 0) -> Result:
     """double_backward against the backward it differentiates: the penalty P = sum(ggx*dx) + sum(gggamma*dgamma) +
-    sum(ggbeta*dbeta) of backward (statistics from forward_train) differentiated along a random direction in
-    (dy, x, gamma) by Ridders' extrapolation of central differences, against the inner product of double_backward's
-    outputs with that direction: relative error <= 1e-7, plus the differences' own error estimate where that is larger
-    (as difference_check)."""
+    sum(ggbeta*dbeta) (+ sum(ggr*dr) after an epilogue with a residual) of backward (statistics from forward_train)
+    differentiated along a random direction in (dy, x, gamma) (and r and beta after an epilogue, along which
+    double_backward says P does not change) by Ridders' extrapolation of central differences, against the inner
+    product of double_backward's outputs with that direction: relative error <= 1e-7, plus the differences' own
+    error estimate where that is larger (as difference_check)."""
     rng = np.random.default_rng(seed + 7)
     names = parameter_names(module)
-    has_gamma = "gamma" in names
+    taken = backward_inputs(module)  # r, gamma, beta as backward takes them
     upstream = {"ggx": rng.normal(size=data["x"].shape)}
+    upstream |= {"ggr": rng.normal(size=data["r"].shape)} if residual(module) else {}
     upstream |= {"gg" + q: rng.normal(size=data[q].shape) for q in names}
-    point = {"dy": data["dy"], "x": data["x"]} | ({"gamma": data["gamma"]} if has_gamma else {})
-    direction = {k: rng.normal(size=v.shape) for k, v in point.items()}
+    point = {"dy": data["dy"], "x": data["x"]} | {q: data[q] for q in taken}
+    direction = {k: rng.normal(size=np.shape(v)) for k, v in point.items()}
 
     def penalty(h: float) -> float:
-        at = {k: v + h * direction[k] for k, v in point.items()}
-        params = [at["gamma"] if q == "gamma" else data[q] for q in names]
-        _, *saved = module.forward_train(at["x"], *params)
-        grads = module.backward(at["dy"], at["x"], *([at["gamma"]] if has_gamma else []), *saved)
+        at = data | {k: v + h * direction[k] for k, v in point.items()}
+        _, *saved = module.forward_train(at["x"], *forward_inputs(module, at))
+        grads = module.backward(at["dy"], at["x"], *[at[q] for q in taken], *saved)
         grads = (grads,) if isinstance(grads, np.ndarray) else grads
-        return sum(float(np.sum(u * g)) for u, g in zip([upstream["ggx"]] + [upstream["gg" + q] for q in names], grads))
+        return sum(float(np.sum(u * g)) for u, g in zip(upstream.values(), grads))
 
     def quotient(h: float):
         plus, minus = penalty(h), penalty(-h)
         return (plus - minus) / (2 * h), np.finfo(np.float64).eps * (abs(plus) + abs(minus)) / h
 
-    estimate, error = ridders(quotient, 1 / 16)
+    estimate, error = ridders(quotient, KINK_STEP if epilogue(module) else 1 / 16)
     numeric, resolved = float(estimate[0]), float(error[0])
-    params = [data[q] for q in names]
-    _, *saved = module.forward_train(data["x"], *params)
-    out = module.double_backward(upstream["ggx"], *[upstream["gg" + q] for q in names], data["dy"], data["x"],
-                                 *([data["gamma"]] if has_gamma else []), *saved)
+    _, *saved = module.forward_train(data["x"], *forward_inputs(module, data))
+    out = module.double_backward(*upstream.values(), data["dy"], data["x"], *[data[q] for q in taken], *saved)
+    # what double_backward returns: the gradients with respect to dy, x and gamma (r's and beta's are 0)
     exact = sum(float(np.sum(o * direction[k])) for o, k in zip(out, ("dy", "x", "gamma")))
     gap, ref = abs(exact - numeric), abs(numeric)
     value = gap / max(ref, 1e-300)

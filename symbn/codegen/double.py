@@ -20,9 +20,11 @@ import sympy
 
 from symbn.codegen.loops import Loop, loop, polynomial
 from symbn.codegen.plan import Plan
-from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, M, X, psum, sym
+from symbn.core.second import GGR
+from symbn.core.symbols import BETA, DY, GAMMA, GGBETA, GGGAMMA, GGX, M, R, X, psum, sym
 
-ELEMENT_PARAMS = (GAMMA, GGGAMMA, GGBETA)  # per element where the parameters vary within a set
+# per element where the parameters vary within a set (beta where an epilogue's mask reads it)
+ELEMENT_PARAMS = (GAMMA, GGGAMMA, GGBETA, BETA)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def levels(so) -> list[list[tuple[sympy.Symbol, sympy.Expr]]]:
 def lower_double(p: Plan, so, given: tuple) -> DoubleLowering:
     coordinates, stats = reads(so, given)
     inside = any(b.reduced and b.param for b in p.blocks)
-    elements = {X, DY, GGX} | {c for c, _ in coordinates} | (set(ELEMENT_PARAMS) if inside else set())
+    elements = {X, DY, GGX, R, GGR} | {c for c, _ in coordinates} | (set(ELEMENT_PARAMS) if inside else set())
     outputs = {s.name: e for s, e in so.compact}
     ggamma = outputs.get("ggamma")
     summand = ggamma.args[0] if ggamma is not None else None

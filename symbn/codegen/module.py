@@ -18,10 +18,10 @@ from symbn.codegen.plan import plan
 from symbn.codegen.printers import numpy_code, reads
 from symbn.codegen.key import BACKENDS, DTYPES, input_digest, module_name
 from symbn.core.derive import DX, derive
-from symbn.core.second import second_orders
+from symbn.core.second import GGR, second_orders
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
-from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, M, R, X, Z
+from symbn.core.symbols import BETA, DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, M, R, X, Z
 from symbn.templating import render
 from symbn.version import __version__
 
@@ -39,7 +39,7 @@ def module_text(spec: Spec, backend: str, command: str = "symbn generate --catal
     digest = digest or input_digest(spec, backend, dtypes)
     module_id = f"{module_name(spec, backend, dtypes)}_{digest}"
     d = derive(spec)
-    ctx = _context(lower(plan(d, (None, None) if d.epilogue else second_orders(d))), backend, command)
+    ctx = _context(lower(plan(d, second_orders(d))), backend, command)
     ctx["dtypes"] = "(" + "".join(f"np.dtype(np.{t}), " for t in dtypes).rstrip(" ") + ")"
     ctx["digest"], ctx["module_id"] = digest, module_id
     ctx["dtype_text"] = " or ".join(dtypes)
@@ -119,9 +119,13 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     ctx["split"] = _split(lw)
-    # a fused epilogue has no second order, and no small path yet: every input takes the general kernels
+    # a fused epilogue has no small path yet: every input takes the general kernels
     fused = p.epilogue
-    ctx["double"] = None if fused else _double(lw, split=ctx["split"] is not None)
+    second = p.second[0] is not None
+    # what the double backward's kernels take: after an epilogue, r and its upstream gradient ggr, and beta
+    ctx["double_inputs"] = (["dyb", "xb", "ggxb"] + ["rb", "ggrb"] * residual + ["gamma", "gggamma", "ggbeta"]
+                            + ["beta"] * fused)
+    ctx["double"] = _double(lw, split=ctx["split"] is not None) if second else None
     ctx["nbs"] = ctx["nbd"] = None
     if backend == "numpy":
         ctx["np"] = numpy_backend.statements(lw)
@@ -130,7 +134,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         ctx["nb"] = numba_backend.statements(lw)
         ctx["sm"] = None if fused else numba_small.small(lw)
         ctx["nb"]["math"] = ctx["nb"]["math"] or "math" in reads(ctx["sm"] or [])
-        ctx["nbd"] = None if fused else numba_double.double(lw)
+        ctx["nbd"] = numba_double.double(lw) if second else None
         ctx["nbs"] = numba_split.split(lw) if ctx["split"] else None
     return ctx
 
@@ -169,7 +173,8 @@ def _double(lw: Lowering, split: bool) -> dict:
     split-phase pieces, the training mode's split too: one pass of sums (a share that adds up across processes), and
     ggamma from those sums, so that it is global on every process without a second exchange."""
     p = lw.plan
-    chunk = {X: "xc", DY: "dyc", GGX: "ggxc", GAMMA: "gamma_c", GGGAMMA: "gggamma_c", GGBETA: "ggbeta_c"}
+    chunk = {X: "xc", DY: "dyc", GGX: "ggxc", R: "rc", GGR: "ggrc", GAMMA: "gamma_c", GGGAMMA: "gggamma_c",
+             GGBETA: "ggbeta_c", BETA: "beta_c"}
 
     def mode(so, given: tuple) -> dict:
         out = {s.name: e for s, e in so.compact}

@@ -9,13 +9,14 @@ innermost, which is the contiguous one. The plan holds SymPy expressions; printe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 
 from symbn.core.derive import DR, DX, Derivation
 from symbn.core.describe import axis_names, describe_spec, set_size_text
 from symbn.core.graph import ELEM, REDUCE
+from symbn.core.second import GDY, GDZ
 from symbn.core.symbols import BETA, DZ, EPS, GAMMA, M, Z, rsum
 
 
@@ -122,6 +123,7 @@ def plan(d: Derivation, second: tuple = (None, None)) -> Plan:
     if d.epilogue is not None:  # the epilogue after z, and dz in place of the upstream gradient
         at_z = {Z: y}
         fused = {DZ: d.output(d.epilogue.backward, DZ).xreplace(at_z)}
+        second = tuple(_fused_second(so, at_z | fused) if so is not None else None for so in second)
         dr = d.output(d.epilogue.backward, DR).xreplace(at_z) if d.epilogue.residual else None
         y = d.epilogue.forward.xreplace(at_z)
     sums = tuple((s, e.args[0].xreplace(fused)) for s, e in d.reductions)
@@ -165,6 +167,15 @@ def plan(d: Derivation, second: tuple = (None, None)) -> Plan:
         backward_params=tuple(leaf.name for leaf in (GAMMA, BETA) if leaf in g.leaves
                               and (leaf == GAMMA or d.epilogue is not None)),
     )
+
+
+def _fused_second(so, fused: dict):
+    """The double backward after an epilogue as the loop kernels take it: dz as dy times its mask and z as the
+    normalization's output (*fused*), and the normalization's gdz written into gdy = f_z*gdz + f_r*ggr."""
+    out = dict(so.compact)
+    gdy = out.pop(GDY).xreplace({GDZ: out.pop(GDZ)})
+    compact = tuple((s, e.xreplace(fused)) for s, e in [(GDY, gdy)] + list(out.items()))
+    return replace(so, compact=compact, reductions=tuple((s, e.xreplace(fused)) for s, e in so.reductions))
 
 
 def _closure(needed: set, steps) -> set:

@@ -655,6 +655,9 @@ def prove_second_all(so: SecondOrder, sizes: Sequence[int] = (2, 3, 4), seed: in
     return [prove_second(so, m, seed + m) for m in sizes]
 
 
-def second_orders(d: Derivation) -> tuple[SecondOrder, SecondOrder | None]:
-    """The training double backward and, where the spec keeps running statistics, the eval-mode one."""
+def second_orders(d: Derivation) -> tuple[SecondOrder | None, SecondOrder | None]:
+    """The training double backward and, where the spec keeps running statistics, the eval-mode one; (None, None)
+    after an epilogue with second derivatives (derive_second says why)."""
+    if d.epilogue is not None and _second_derivatives(d.epilogue.forward):
+        return None, None
     return derive_second(d), derive_second(d, "eval") if d.running else None

@@ -40,8 +40,11 @@ def test_the_residual_is_required_checked_and_its_gradient_kept(make):
     y = layer.forward(x, r)
     layer.backward(dy)
     assert np.array_equal(layer.dr, dy * (y > 0))
-    with pytest.raises(NotImplementedError, match="second order of an epilogue"):
-        layer.double_backward(dy)
+    with pytest.raises(ValueError, match=r"^ggr: expected the shape of the last forward's input"):
+        layer.double_backward(dy, ggr=r[:-1])
+    # ggr reaches gdy through the mask only: the gradient of sum(ggr*dr) = sum(ggr*dy*mask) with respect to dy
+    gdy, _, _ = layer.double_backward(np.zeros_like(x), ggr=r)
+    assert np.array_equal(gdy, r * (y > 0))
 
 
 def test_a_residual_without_add_relu_is_refused():

@@ -9,14 +9,15 @@ from symbn.codegen.backends.numba import flat_index, loop_space
 from symbn.codegen.lowering import Lowering
 from symbn.codegen.loops import Loop
 from symbn.codegen.printers import cse, numpy_code, reads, scalar_code
-from symbn.core.symbols import DY, GAMMA, GGBETA, GGGAMMA, GGX, X
+from symbn.core.second import GGR
+from symbn.core.symbols import BETA, DY, GAMMA, GGBETA, GGGAMMA, GGX, R, X
 
-# per element in the kernels, and the arrays they come from
-ELEMENT = {X: ("xv", "xb"), DY: ("dyv", "dyb"), GGX: ("ggxv", "ggxb")}
-PARAM = {GAMMA: ("gv", "gamma"), GGGAMMA: ("gggv", "gggamma"), GGBETA: ("ggbv", "ggbeta")}
+# per element in the kernels, and the arrays they come from (r and ggr after an epilogue with a residual)
+ELEMENT = {X: ("xv", "xb"), DY: ("dyv", "dyb"), GGX: ("ggxv", "ggxb"), R: ("rv", "rb"), GGR: ("ggrv", "ggrb")}
+PARAM = {GAMMA: ("gv", "gamma"), GGGAMMA: ("gggv", "gggamma"), GGBETA: ("ggbv", "ggbeta"), BETA: ("bv", "beta")}
 # where the parameters are fixed over each set: their value for the statistic at hand (in a kernel, or an array of
 # one value per statistic in a wrapper)
-PER_STAT = {GAMMA: "gamma_s", GGGAMMA: "gggamma_s", GGBETA: "ggbeta_s"}
+PER_STAT = {GAMMA: "gamma_s", GGGAMMA: "gggamma_s", GGBETA: "ggbeta_s", BETA: "beta_s"}
 
 
 def structure(lw: Lowering) -> dict:
