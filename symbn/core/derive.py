@@ -170,10 +170,10 @@ def derive(spec: Spec) -> Derivation:
 def _epilogue(tree: tuple) -> Epilogue:
     """The epilogue's forward in Z and R from its tree, and its gradients by SymPy's diff."""
     f = _sympy_epilogue(tree)
-    backward = [(DZ, DY * _diff(f, Z))]
+    backward = [(DZ, DY * real_diff(f, Z))]
     residual = R in f.free_symbols
     if residual:
-        backward.append((DR, DY * _diff(f, R)))
+        backward.append((DR, DY * real_diff(f, R)))
     return Epilogue(f, tuple(backward), residual)
 
 
@@ -206,7 +206,7 @@ def _derive(tree, text, center, scale, ddof, param_varies, running: str | None, 
     vanishing = _vanishing(g, base, rules, varying)
 
     u = base[g.output.symbol].xreplace({GAMMA: 1, BETA: 0})
-    scale_expr = _diff(u, X)
+    scale_expr = real_diff(u, X)
     primal = scale_expr.has(X) or scale_expr == 0
     coords: list[tuple[sympy.Symbol, sympy.Expr]] = []
     to_coords: dict = {}
@@ -222,17 +222,17 @@ def _derive(tree, text, center, scale, ddof, param_varies, running: str | None, 
         varying = (varying - {X}) | {xhat}
         # x in xhat as SymPy solves it, not as to_coords has it: the documents print this form.
         solved = sympy.solve(sympy.Eq(xhat, u), X)
-        chain = _eliminate(g, scale_expr) if scale_expr.is_Symbol else {}
+        chain = in_inverse_scale(g, scale_expr) if scale_expr.is_Symbol else {}
         change = CoordinateChange(xhat, u, solved[0] if len(solved) == 1 else None, tuple(chain.items()))
     exposed = {o for n in g.nodes if n.kind == ELEM for o in n.operands if g.node(o) and g.node(o).kind != ELEM}
     for stat in sorted(exposed, key=lambda s: s.name):
-        to_coords |= _eliminate(g, stat)
+        to_coords |= in_inverse_scale(g, stat)
 
     def finish(e: sympy.Expr, reduce_over_set: bool = True) -> sympy.Expr:
         e = e.subs(scale_expr, inv) if coords and inv != scale_expr else e
         e = e.xreplace(to_coords)
         if reduce_over_set:
-            return _pull(e, varying)
+            return pull_constants(e, varying)
         return e.replace(lambda a: isinstance(a, psum), lambda a: psum(sympy.factor(sympy.expand(a.args[0]))))
 
     env: dict = {}
@@ -241,18 +241,18 @@ def _derive(tree, text, center, scale, ddof, param_varies, running: str | None, 
     # Each stage is kept for the derivation documents: they show the road from the staged result to the compact one.
     inlined = env[DX]
     in_x = inlined.xreplace(base)
-    pulled = _pull(in_x, varying | {X})
+    pulled = pull_constants(in_x, varying | {X})
     identified = pulled.xreplace(rules)
     in_coords = finish(identified)
-    dx, reductions = _name_reductions(sympy.expand(in_coords))
-    compact = [(DX, _tidy(dx))]
+    dx, reductions = name_reductions(sympy.expand(in_coords))
+    compact = [(DX, shortest_form(dx))]
     stages = _stages(inlined, in_x, pulled, identified, sympy.factor_terms(sympy.expand(in_coords)), compact[0][1])
-    eval_mode = [(DX, _tidy(finish(up * _diff(base[g.output.symbol], X))))] if running else []
+    eval_mode = [(DX, shortest_form(finish(up * real_diff(base[g.output.symbol], X))))] if running else []
     for leaf, d in ((GAMMA, DGAMMA), (BETA, DBETA)):
         if leaf in g.leaves:
             compact.append((d, finish(env[d].xreplace(base), reduce_over_set=False)))
             if running:
-                eval_mode.append((d, finish(psum(up * _diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
+                eval_mode.append((d, finish(psum(up * real_diff(base[g.output.symbol], leaf)), reduce_over_set=False)))
     return dict(graph=g, steps=steps, staged=staged, coordinates=tuple(coords), reductions=reductions,
                 compact=tuple(compact), eval_mode=tuple(eval_mode),
                 running=_running(g, ddof, running) if running else (),
@@ -277,7 +277,7 @@ class _RealAbs(sympy.Function):
         return sympy.sign(self.args[0])
 
 
-def _diff(e: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
+def real_diff(e: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
     """d e / d s where every value is real (the forward is refused or unproved where it is not)."""
     if not e.has(sympy.Abs):
         return sympy.diff(e, s)
@@ -322,7 +322,7 @@ def _varies(e: sympy.Expr, varying: set) -> bool:
     return bool(masked.free_symbols & varying)
 
 
-def _pull(e: sympy.Expr, varying: set) -> sympy.Expr:
+def pull_constants(e: sympy.Expr, varying: set) -> sympy.Expr:
     """rsum(c*v + ...) -> c*rsum(v) + ... for every factor c that is constant over the set; rsum(1) -> M."""
 
     def split(arg: sympy.Expr) -> sympy.Expr:
@@ -344,7 +344,7 @@ def _identities(g: Graph, base: dict, varying: set) -> dict:
     for r in g.reductions:
         (arg,) = r.operands
         denominator = sympy.simplify(rsum(arg) / r.expr)
-        total = sympy.expand(_pull(rsum(base.get(arg, arg)), varying).xreplace(rules))
+        total = sympy.expand(pull_constants(rsum(base.get(arg, arg)), varying).xreplace(rules))
         new = sorted(total.atoms(rsum) - set(rules), key=lambda a: (sympy.count_ops(a), sympy.default_sort_key(a)))
         if not new:
             continue
@@ -365,7 +365,7 @@ def _vanishing(g: Graph, base: dict, rules: dict, varying: set) -> Program:
         if n.kind != ELEM or n.symbol == g.output.symbol:
             continue
         e = base[n.symbol]
-        if not e.has(GAMMA) and not e.has(BETA) and sympy.expand(_pull(rsum(e), varying).xreplace(rules)) == 0:
+        if not e.has(GAMMA) and not e.has(BETA) and sympy.expand(pull_constants(rsum(e), varying).xreplace(rules)) == 0:
             out.append((n.symbol, e))
     return tuple(out)
 
@@ -377,7 +377,7 @@ def _coordinate_symbol(g: Graph, base: dict, u: sympy.Expr) -> sympy.Symbol:
     return node.symbol if sympy.expand(base[node.symbol] - u) == 0 else sym("u")
 
 
-def _eliminate(g: Graph, inv: sympy.Symbol) -> dict:
+def in_inverse_scale(g: Graph, inv: sympy.Symbol) -> dict:
     """Walk from the inverse scale down its chain of statistics (istd = 1/std, std = sqrt(var + eps)), inverting
     each step, so every statistic on the chain is written in the inverse scale: std = 1/istd, var = 1/istd**2 - eps."""
     out: dict = {}
@@ -395,7 +395,7 @@ def _eliminate(g: Graph, inv: sympy.Symbol) -> dict:
     return out
 
 
-def _name_reductions(dx: sympy.Expr) -> tuple[sympy.Expr, Program]:
+def name_reductions(dx: sympy.Expr) -> tuple[sympy.Expr, Program]:
     """sum(dy*xhat) becomes the symbol sum_dy_xhat, and so on, in a deterministic order."""
     named, taken = [], set()
     for s in sorted(dx.atoms(rsum), key=lambda a: (sympy.count_ops(a), sympy.default_sort_key(a))):
@@ -416,7 +416,7 @@ def _name_reductions(dx: sympy.Expr) -> tuple[sympy.Expr, Program]:
     return dx.xreplace({s: n for n, s in named}), tuple(named)
 
 
-def _tidy(e: sympy.Expr) -> sympy.Expr:
+def shortest_form(e: sympy.Expr) -> sympy.Expr:
     """The shortest of: fully factored; 'common factor / M * (...)' (keeps M/(M-1) visible); collected by the named
     reductions with each coefficient factored."""
     sums = sorted((s for s in e.free_symbols if s.name.startswith("sum_")), key=lambda s: s.name)

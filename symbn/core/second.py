@@ -38,13 +38,13 @@ from dataclasses import dataclass, replace
 
 import sympy
 
-from symbn.core.derive import (DBETA, DGAMMA, DR, DX, Derivation, Program, Step, Contribution, _diff, _eliminate,
-                               _name_reductions, _pull, _tidy, derive)
+from symbn.core.derive import (DBETA, DGAMMA, DR, DX, Contribution, Derivation, Program, Step, derive,
+                               in_inverse_scale, name_reductions, pull_constants, real_diff, shortest_form)
 from symbn.core.graph import ELEM, REDUCE, STAT, Node
 from symbn.core.spec import Spec
 from symbn.core.symbols import BETA, DY, DZ, EPS, GAMMA, GGBETA, GGGAMMA, GGX, M, R, X, Z, psum, rsum, sym
-from symbn.core.verify import (_RANGES, ATTEMPTS, Interpreter, Proof, _check_equal, _defined, _loss_gradient,
-                               _Singular, proof_tensor, unproved)
+from symbn.core.verify import (ATTEMPTS, POINT_RANGES, Interpreter, Proof, Singular, brute_gradient, check_equal,
+                               proof_tensor, require_defined, unproved)
 
 PSUM = "psum"  # a node of the backward graph that sums over the axes the parameters do not span (dgamma, dbeta)
 MODES = ("train", "eval")
@@ -263,8 +263,8 @@ def _steps(e: sympy.Expr) -> sympy.Expr:
 
 
 def _local(e: sympy.Expr, s: sympy.Symbol) -> sympy.Expr:
-    """de/ds almost everywhere (derive's _diff, with d sign(u) = 0)."""
-    out = _diff(_steps(e), s)
+    """de/ds almost everywhere (derive's real_diff, with d sign(u) = 0)."""
+    out = real_diff(_steps(e), s)
     out = out.replace(_Step, sympy.sign) if out.has(_Step) else out
     return out.replace(sympy.DiracDelta, lambda *_: sympy.Integer(0)) if out.has(sympy.DiracDelta) else out
 
@@ -294,7 +294,7 @@ def _reverse(nodes: tuple[Node, ...], leaves: tuple, given: dict) -> tuple[tuple
             if node.kind in (REDUCE, PSUM):
                 (inner,) = node.expr.atoms(rsum if node.kind == REDUCE else psum)
                 hole = sympy.Dummy()
-                partial = _diff(node.expr.xreplace({inner: hole}), hole) * _local(inner.args[0], operand)
+                partial = real_diff(node.expr.xreplace({inner: hole}), hole) * _local(inner.args[0], operand)
             else:
                 partial = _local(node.expr, operand)
                 if node.symbol not in given:
@@ -335,7 +335,7 @@ def _frame(d: Derivation, varying: set) -> _Frame:
     coords = varying
     if not d.primal:
         u = base[g.output.symbol].xreplace({GAMMA: 1, BETA: 0})
-        scale = _diff(u, X)
+        scale = real_diff(u, X)
         xhat = d.coordinate_change.symbol
         inv = scale if scale.is_Symbol else dict((e, s) for s, e in d.coordinates)[scale]
         offset = sympy.expand(u - scale * X)
@@ -343,7 +343,7 @@ def _frame(d: Derivation, varying: set) -> _Frame:
         coords = (varying - {X}) | {xhat}
     exposed = {o for n in g.nodes if n.kind == ELEM for o in n.operands if g.node(o) and g.node(o).kind != ELEM}
     for stat in sorted(exposed, key=lambda s: s.name):
-        to_coords |= _eliminate(g, stat)
+        to_coords |= in_inverse_scale(g, stat)
     return _Frame(frozenset(varying), frozenset(coords), scale, inv, to_coords)
 
 
@@ -352,7 +352,7 @@ def _finish(e: sympy.Expr, frame: _Frame) -> sympy.Expr:
     parameter sum's summand expanded and factored."""
     if frame.inv is not None and frame.inv != frame.scale:
         e = e.subs(frame.scale, frame.inv)
-    e = _pull(e.xreplace(frame.to_coords), set(frame.varying_coords))
+    e = pull_constants(e.xreplace(frame.to_coords), set(frame.varying_coords))
     return e.replace(lambda a: isinstance(a, psum), lambda a: psum(sympy.factor(sympy.expand(a.args[0]))))
 
 
@@ -374,7 +374,7 @@ def _build(d: Derivation, mode: str) -> dict:
         if n.kind == ELEM:
             base[n.symbol] = n.expr.xreplace(base)
     in_x = [e.xreplace(base) for e in inlined]
-    pulled = [_pull(e, set(frame.varying)) for e in in_x]
+    pulled = [pull_constants(e, set(frame.varying)) for e in in_x]
     rules = dict(d.identities)
     identified = [e.xreplace(rules) for e in pulled]
     in_coords = [_finish(e, frame) for e in identified]
@@ -417,10 +417,10 @@ def _join_epilogue(d: Derivation, fields: dict) -> dict:
     """The normalization's double backward (in dz, giving gdz) joined to a piecewise-linear epilogue by the chain
     rule: gdy = f_z*gdz + f_r*ggr, with f_z, f_r the epilogue's own derivatives (d dz/d dy, d dr/d dy)."""
     backward = dict(d.epilogue.backward)
-    gdy = _diff(backward[DZ], DY) * GDZ
+    gdy = real_diff(backward[DZ], DY) * GDZ
     upstream = fields["upstream"]
     if DR in backward:
-        gdy += _diff(backward[DR], DY) * GGR
+        gdy += real_diff(backward[DR], DY) * GGR
         upstream += (GGR,)
     reads = fields["reads"] + (Reads(GDY, (), (), tuple(sorted(gdy.free_symbols, key=lambda a: a.name))),)
     return fields | dict(leaves=(DY,) + fields["leaves"][1:], upstream=upstream,
@@ -434,7 +434,7 @@ def _sources(reductions: Program) -> dict[sympy.Symbol, frozenset]:
 
 
 def _tidy_second(e: sympy.Expr, sources: dict) -> sympy.Expr:
-    """derive's _tidy per upstream gradient: every term of the double backward is linear in exactly one of ggx,
+    """derive's shortest_form per upstream gradient: every term of the double backward is linear in exactly one of ggx,
     gggamma, ggbeta, so the result is written as the part from ggx, plus the part from gggamma, plus ggbeta's, each
     in its shortest form (factoring the whole, with all three in it, is slow and no shorter)."""
     parts: dict = {}
@@ -442,9 +442,9 @@ def _tidy_second(e: sympy.Expr, sources: dict) -> sympy.Expr:
         owner = next((up for up, carriers in sources.items() if term.free_symbols & carriers), None)
         parts.setdefault(owner, []).append(term)
     if len(parts) < 2:
-        return _tidy(e)
+        return shortest_form(e)
     order = sorted(parts, key=lambda up: list(UPSTREAM.values()).index(up) if up is not None else -1)
-    return sympy.Add(*(_tidy(sympy.Add(*parts[up])) for up in order))
+    return sympy.Add(*(shortest_form(sympy.Add(*parts[up])) for up in order))
 
 
 def _elementwise(e: sympy.Expr, leaves: tuple) -> bool:
@@ -456,7 +456,7 @@ def _names(exprs: list[sympy.Expr], known: Program) -> tuple[list[sympy.Expr], P
     keeps its name."""
     by_value = {e: s for s, e in known}
     exprs = [sympy.expand(e).xreplace(by_value) for e in exprs]
-    renamed, named = _name_reductions(sympy.Tuple(*exprs))
+    renamed, named = name_reductions(sympy.Tuple(*exprs))
     taken = {s.name for s, _ in known}
     fixes, fresh = {}, []
     for s, e in named:
@@ -526,14 +526,14 @@ def prove_second(so: SecondOrder, set_size: int, seed: int = 0) -> Proof:
     problems = []
     for attempt in range(ATTEMPTS):
         if attempt:
-            lo, hi = _RANGES[(attempt - 1) % len(_RANGES)]
+            lo, hi = POINT_RANGES[(attempt - 1) % len(POINT_RANGES)]
             constants = {EPS: sympy.Rational(rng.randint(1, 9), 10)}
             point = {s: lo + (hi - lo) * sympy.Rational(rng.randint(1, 63), 64) for s in xs + gs + dys + bs + rs}
             running = stats(lambda: sympy.Rational(rng.randint(1, 63), 16))
         try:
             checked, worst = _prove_second_at(so, shape, stat_ids, param_ids, constants, (xs, gs, dys, bs, rs), point,
                                               upstream, running, elements.tolist())
-        except _Singular as err:
+        except Singular as err:
             problems.append(err)
             continue
         return Proof(shape, set_size, seed, checked, worst, attempt, blocks)
@@ -574,10 +574,10 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, 
     values = new([point[s] for s in xs], [point[s] for s in gs], [point[s] for s in dys])
     for symbol, expr in forward + head + d.coordinates + first:
         values.env[symbol] = values.evaluate(expr)
-        _defined(values.env[symbol], f"the backward's {symbol}", elements)
+        require_defined(values.env[symbol], f"the backward's {symbol}", elements)
     for kink in epilogue.kinks if epilogue else ():  # where the masks jump nothing is differentiable
         if any(v == 0 for v in values.evaluate(kink.xreplace(at_z))):
-            raise _Singular(f"the epilogue's {kink} is 0, a kink, at one element")
+            raise Singular(f"the epilogue's {kink} is 0, a kink, at one element")
 
     # Brute force: dx, dgamma, dbeta (and dr) element by element in symbols, L2 differentiated by SymPy. A partial
     # derivative at the point depends only on L2 along its own variable, so the entries of x and gamma are symbols
@@ -596,7 +596,7 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, 
             if d_symbol in run.env:
                 weights += upstream[up]
                 terms += [run.env[d_symbol][rep[p]] for p in range(len(rep))]
-        return _loss_gradient(weights, [_steps(t) for t in terms], point)
+        return brute_gradient(weights, [_steps(t) for t in terms], point)
 
     at = {s: [point[v] for v in vs] for s, vs in (("x", xs), ("g", gs), ("dy", dys))}
     in_x = loss_gradient(new(xs, gs, at["dy"]))
@@ -605,7 +605,7 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, 
     if has_gamma:
         expected[GGAMMA] = [in_x(gs[p]) for p in param_ids]
     for symbol, want in expected.items():
-        _defined(want, f"the brute-force {symbol}", elements)
+        require_defined(want, f"the brute-force {symbol}", elements)
     zeros = []  # after an epilogue: r and beta move L2 by nothing (the masks are flat between the kinks)
     if epilogue is not None:
         in_rb = loss_gradient(new(at["x"], at["g"], at["dy"], list(bs), list(rs) or None))
@@ -623,7 +623,7 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, 
         for program in programs:
             numeric.run(program)
         for symbol in expected:
-            _defined(numeric.env[symbol], f"the {label} {symbol}", elements, derived=True)
+            require_defined(numeric.env[symbol], f"the {label} {symbol}", elements, derived=True)
         results.append((label, numeric))
 
     checked, worst = [], 0.0
@@ -641,14 +641,14 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, 
 
 
 def _equal(a: sympy.Expr, b: sympy.Expr, where: str) -> float:
-    """verify._check_equal, with one quicker exact test first: a difference that together() and cancel() take to 0
+    """verify.check_equal, with one quicker exact test first: a difference that together() and cancel() take to 0
     is 0 (each step is an identity of rational functions in its atoms, exp(1/3) or sqrt(2) alike), and is reported
     as 0; where they do not (relations between the atoms, such as sqrt(8) = 2*sqrt(2)), verify's numeric check and
     simplify() decide."""
     difference = a - b
     if difference == 0 or sympy.cancel(sympy.together(difference)) == 0:
         return 0.0
-    return _check_equal(a, b, where)
+    return check_equal(a, b, where)
 
 
 def prove_second_all(so: SecondOrder, sizes: Sequence[int] = (2, 3, 4), seed: int = 0) -> list[Proof]:

@@ -175,7 +175,7 @@ class Interpreter:
 ATTEMPTS = 25  # points tried before a proof gives up on finding one where everything is defined
 # Where the first point is outside the domain, the next ones are drawn from these open intervals in turn (sqrt(x),
 # sqrt(-x), sqrt(-log(x)), log(log(x)), ...), with denominators of 64 so that the numbers stay small.
-_RANGES = ((0, 4), (-4, 0), (0, 1), (1, 8), (-1, 0), (0, sympy.Rational(1, 4)), (-4, 4), (1, 2))
+POINT_RANGES = ((0, 4), (-4, 0), (0, 1), (1, 8), (-1, 0), (0, sympy.Rational(1, 4)), (-4, 4), (1, 2))
 
 
 class DomainError(ProofError, GraphError):
@@ -186,7 +186,7 @@ class DomainError(ProofError, GraphError):
         GraphError.__init__(self, text, problem)
 
 
-class _Singular(Exception):
+class Singular(Exception):
     """The point drawn is outside the domain: a value there is infinite, undefined or complex."""
 
     def __init__(self, what: str, derived: bool = False):
@@ -198,7 +198,7 @@ def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
     """Check staged and compact dx (and dgamma, dbeta) against SymPy's derivative of the fully expanded forward.
 
     The inputs are exact random rationals. Where a value is not real and finite there (sqrt(x) at a negative x, 1/x
-    at 0), other points are drawn, from the intervals of _RANGES in turn; after ATTEMPTS points, DomainError."""
+    at 0), other points are drawn, from the intervals of POINT_RANGES in turn; after ATTEMPTS points, DomainError."""
     spec = derivation.spec
     shape, stat_ids, param_ids, elements, blocks = proof_tensor(spec, set_size)
     n, n_params = len(stat_ids), int(param_ids.max()) + 1
@@ -220,14 +220,14 @@ def prove(derivation: Derivation, set_size: int, seed: int = 0) -> Proof:
     problems = []
     for attempt in range(ATTEMPTS):
         if attempt:
-            lo, hi = _RANGES[(attempt - 1) % len(_RANGES)]
+            lo, hi = POINT_RANGES[(attempt - 1) % len(POINT_RANGES)]
             constants = {EPS: sympy.Rational(rng.randint(1, 9), 10), MOMENTUM: sympy.Rational(1, 10)}
             point = {s: lo + (hi - lo) * sympy.Rational(rng.randint(1, 63), 64) for s in xs + gs + bs}
             point |= {s: rational() for s in rs}
         try:
             checked, worst = _prove_at(derivation, shape, stat_ids, param_ids, constants, xs, gs, bs, point, dys,
                                        elements.tolist(), rs)
-        except _Singular as err:
+        except Singular as err:
             problems.append(err)
             continue
         return Proof(shape, set_size, seed, checked, worst, attempt, blocks)
@@ -249,7 +249,7 @@ def proof_tensor(spec, set_size: int, limit: int = PROOF_BLOCKS):
 
 
 def unproved(spec, shape, problems: list, derived: str, source: str, proved: str):
-    """Raise what every point tried (*problems*, _Singular) says: ProofError where the derived *derived* was not
+    """Raise what every point tried (*problems*, Singular) says: ProofError where the derived *derived* was not
     defined where its *source* and the brute-force derivative were, else DomainError (no point was good)."""
     if all(p.derived for p in problems):
         raise ProofError(f"shape {shape}: the derived {derived} is not defined where the {source} and its brute-force "
@@ -286,16 +286,16 @@ def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs,
     values = inputs(Interpreter(stat_ids, param_ids, constants))
     for symbol, expr in forward:
         values.env[symbol] = values.evaluate(expr)
-        _defined(values.env[symbol], f"the forward's {symbol}", elements)
+        require_defined(values.env[symbol], f"the forward's {symbol}", elements)
     for kink in epilogue.kinks if epilogue else ():  # where the derivative jumps it is not proved (nor defined)
         at = values.evaluate(kink.xreplace({Z: derivation.graph.output.symbol}))
         if any(abs(sympy.N(v, 30)) < 1e-25 for v in at):
-            raise _Singular(f"the epilogue's {kink} is 0, a kink, at one element")
+            raise Singular(f"the epilogue's {kink} is 0, a kink, at one element")
 
     # Brute force: y element by element, differentiated by SymPy with no knowledge of the derivation.
     symbolic = inputs(Interpreter(stat_ids, param_ids, constants), symbolic=True)
     symbolic.run(forward)
-    gradient = _loss_gradient(dys, symbolic.env[output], point)
+    gradient = brute_gradient(dys, symbolic.env[output], point)
     expected = {DX: [gradient(s) for s in xs]}
     leaves = derivation.graph.leaves
     if GAMMA in leaves:
@@ -305,7 +305,7 @@ def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs,
     if rs:
         expected[DR] = [gradient(s) for s in rs]
     for symbol, want in expected.items():
-        _defined(want, f"the brute-force {symbol}", elements)
+        require_defined(want, f"the brute-force {symbol}", elements)
 
     results = []
     for label, programs in (("staged", (head, derivation.staged)),
@@ -315,7 +315,7 @@ def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs,
         for program in programs:
             numeric.run(program)
         for symbol in expected:
-            _defined(numeric.env[symbol], f"the {label} {symbol}", elements, derived=True)
+            require_defined(numeric.env[symbol], f"the {label} {symbol}", elements, derived=True)
         results.append((label, numeric))
 
     checked, worst = [], 0.0
@@ -324,12 +324,12 @@ def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs,
             got = numeric.env[symbol]
             for e, (a, b) in enumerate(zip(got, want)):
                 where = f"{label} {symbol} at element {elements[e]} of shape {shape}"
-                worst = max(worst, _check_equal(a, b, where))
+                worst = max(worst, check_equal(a, b, where))
             checked.append(f"{label} {symbol}")
     return tuple(checked), worst
 
 
-def _loss_gradient(dys: list, ys: list, point: dict):
+def brute_gradient(dys: list, ys: list, point: dict):
     """d/ds of the loss L = sum_e dy_e * y_e at *point*, for any input symbol s, by SymPy's own diff.
 
     Each derivative is taken of the terms whose y_e contains s, not of the whole sum: d(dy_e * y_e)/ds is
@@ -353,11 +353,11 @@ def _loss_gradient(dys: list, ys: list, point: dict):
     return gradient
 
 
-def _defined(values: list, what: str, elements: list[int], derived: bool = False) -> None:
-    """Raise _Singular unless every value is real and finite."""
+def require_defined(values: list, what: str, elements: list[int], derived: bool = False) -> None:
+    """Raise Singular unless every value is real and finite."""
     for e, v in enumerate(values):
         if not _real_and_finite(v):
-            raise _Singular(f"{what} is {v} at element {elements[e]}", derived)
+            raise Singular(f"{what} is {v} at element {elements[e]}", derived)
 
 
 def _real_and_finite(v: sympy.Expr) -> bool:
@@ -372,7 +372,7 @@ def _real_and_finite(v: sympy.Expr) -> bool:
     return bool(n.is_Number and n.is_finite and n.is_extended_real)
 
 
-def _check_equal(a: sympy.Expr, b: sympy.Expr, where: str) -> float:
+def check_equal(a: sympy.Expr, b: sympy.Expr, where: str) -> float:
     difference = a - b
     scale = max(1.0, abs(complex(sympy.N(b, 30))))
     numeric = abs(complex(sympy.N(difference, 60))) / scale

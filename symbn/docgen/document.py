@@ -17,8 +17,8 @@ import sympy
 from symbn.version import __version__
 from symbn.docgen import diagram
 from symbn import escape
-from symbn.core.derive import DBETA, DGAMMA, DX, Derivation, derive
-from symbn.core.second import derive_second
+from symbn.core.derive import DBETA, DGAMMA, DR, DX, Derivation, derive
+from symbn.core.second import GDZ, OUTPUTS, derive_second
 from symbn.docgen.formats import WRITERS, Writer, tex_lines
 from symbn.docgen.formats import tex as latex  # documents print products visibly
 from symbn.codegen import shares
@@ -31,7 +31,7 @@ from symbn.core.graph import ELEM, REDUCE
 from symbn.core.printing import latex_name
 from symbn.templating import render
 from symbn.core.describe import axis_names
-from symbn.core.spec import PRESETS, RUNNING, Spec, SpecError
+from symbn.core.spec import PRESETS, RUNNING, Spec
 from symbn.core.symbols import BETA, GAMMA
 
 SIGNATURE = "symbn derivation document"  # in a comment at the top of every file written here
@@ -124,6 +124,7 @@ def _context(d: Derivation, w: Writer, ev: Evidence, link_base: str | None) -> d
     s = _set(d)
     kind = f"{_preset_name(spec)} norm" if spec.preset else "Custom normalization"
     title = f"{kind}" + (f", {spec.layout}" if spec.layout else "") + (f", G = {spec.groups}" if spec.groups else "")
+    title += f", then {spec.epilogue}" if spec.epilogue else ", then an epilogue" if d.epilogue is not None else ""
     lay = diagram.layout(g)
     return dict(
         title=w.text(title), name=spec.name, name_code=w.code(spec.name), fmt=w.ext,
@@ -203,7 +204,14 @@ def _spec_section(d: Derivation, w: Writer, s: dict) -> dict:
     else:
         rows.append(("running statistics", "none: the statistics do not span the batch axis 0, so eval mode uses "
                      "the input's own statistics (section 5)"))
-    forward = sympy.Symbol("y")
+    forward = sympy.Symbol("z" if d.epilogue is not None else "y")
+    if d.epilogue is not None:
+        backward = ", ".join(f"${_assign(s_, e)}$" for s_, e in d.epilogue.backward)
+        rows.append(("epilogue", f"${_assign(sympy.Symbol('y'), d.epilogue.forward)}$ after the normalization "
+                     f"${latex_name('z')}$ (in $r$, the residual, where it adds one). Its gradients, by SymPy's diff "
+                     f"(the step $\\theta$ is relu's mask, taken as 0 at the kink as PyTorch does): {backward}. Every "
+                     "section below derives the normalization $z$, whose upstream gradient is $\\mathrm{d}z$ where "
+                     "it would be $\\mathrm{d}y$; the proofs run on the whole fused backward, away from the kinks"))
     off = [f"${latex_name(leaf)} = {value}$" for leaf, value, on in (("beta", 0, spec.center), ("gamma", 1, spec.scale))
            if not on and leaf in spec.expression]
     expression = w.code(spec.expression) + (w.prose(" with " + _words(off)) if off else "")
@@ -397,20 +405,25 @@ def _second_section(d: Derivation, w: Writer, proofs: list[ProofOutcome]) -> dic
     def name(s):
         return f"${latex_name(s.xreplace(bar).name)}$"
 
-    firsts = {"ggx": DX, "gggamma": DGAMMA, "ggbeta": DBETA}
+    firsts = {"ggx": DX, "gggamma": DGAMMA, "ggbeta": DBETA, "ggr": DR}
     terms = " + ".join(f"\\sum {latex_name(u.xreplace(bar).name)}\\, {latex_name(firsts[u.name].name)}"
                        for u in so.upstream)
-    outputs = [s for s, _ in so.compact]
+    outputs = [OUTPUTS[leaf] for leaf in so.leaves]  # after an epilogue gdz is a step on the way, not an output
     intro = (f"The gradient of the gradient, as gradient penalties, Hessian-vector products and meta-learning need: "
              f"given upstream gradients {', '.join(map(name, so.upstream))} of the backward's outputs, the gradients "
              f"{', '.join(map(name, outputs))} with respect to "
              f"{', '.join(f'${latex_name(leaf.name)}$' for leaf in so.leaves)} of $L_2 = {terms}$. symbn runs the same "
              "reverse mode over the compact backward, as a graph with its own statistics and sums, one step per node, "
              "and simplifies the result with the same rewrites. The generated modules run it as `double_backward`.")
+    if d.epilogue is not None:
+        intro += (" After the epilogue: its masks are flat between the kinks, so the normalization's double backward "
+                  "is derived with $\\mathrm{d}z$ as its upstream gradient (giving $\\overline{\\mathrm{d}z}$) "
+                  "and joined by the chain rule through the epilogue's own derivatives; the gradients with respect "
+                  "to $r$ and $\\beta$ are 0, and the proof checks that too.")
     return dict(
         intro=w.prose(intro),
         staged=show(so.staged),
-        compact=show(so.coordinates + so.reductions + so.compact),
+        compact=show(so.head + so.coordinates + so.reductions + so.compact),
         eval=show(evaluation.compact) if evaluation else [],
         eval_note=w.prose("In eval mode the statistics are constants (the running ones), and the double backward "
                           "needs no sums over the set:" if evaluation else ""),
@@ -425,8 +438,9 @@ def _bars(so) -> dict:
     """Display names of the second order's adjoints: the upstream gradients as the adjoints of dx, dgamma, dbeta, each
     backward node's adjoint g<node> as bar:<node>."""
     nodes = {n.symbol.name for n in so.nodes} | {leaf.name for leaf in so.leaves}
-    out = {u: sympy.Symbol("bar:" + {"ggx": "dx", "gggamma": "dgamma", "ggbeta": "dbeta"}[u.name], real=True)
-           for u in so.upstream}
+    out = {u: sympy.Symbol("bar:" + {"ggx": "dx", "gggamma": "dgamma", "ggbeta": "dbeta", "ggr": "dr"}[u.name],
+                           real=True) for u in so.upstream}
+    out[GDZ] = sympy.Symbol("bar:dz", real=True)  # after an epilogue: the normalization's gradient of dz
     for s, _ in so.staged + so.compact:
         if s.name.startswith("g") and s.name[1:] in nodes:
             out[s] = sympy.Symbol("bar:" + s.name[1:], real=True)
@@ -626,10 +640,6 @@ def catalog_documents(specs: list[Spec] | None = None, jobs: int | None = None,
 def single(spec: Spec, fmt: str, out_dir: Path | None, jobs: int | None = None,
            generated: Path = CATALOGUE_DIR) -> tuple[str, bool]:
     """The document for one spec (``symbn derive --format``), linking *generated* relative to *out_dir*."""
-    if spec.has_epilogue:
-        given = ("epilogue", spec.epilogue) if spec.epilogue else ("what", spec.expression)
-        raise SpecError(*given, "a normalization without an epilogue: the derivation documents do not show "
-                                "epilogues yet (symbn derive without --format does)")
     evidence = gather([spec], jobs, generated)[spec]
     text = document(spec, fmt, evidence, link_base=relative_link(generated, out_dir or Path.cwd()))
     return text, passed(evidence)

@@ -249,16 +249,18 @@ def test_derive_an_epilogue_shows_it_and_the_normalization_on_its_gradient(capsy
     assert section(out, "forward graph")[-1].split()[1] == "z"
 
 
-def test_an_epilogue_is_generated_but_not_documented(capsys, tmp_path):
+def test_an_epilogue_is_generated_and_documented(capsys, tmp_path):
     cli.main(["generate", "batch", "--epilogue", "add_relu", "--backend", "numpy", "-o", str(tmp_path / "out")])
     capsys.readouterr()
     (path,) = (tmp_path / "out").glob("*.py")
     assert path.name == "batch_nc_add_relu_numpy.py"
     text = path.read_text()
     assert "def forward_train(x, r, gamma, beta," in text and "-> (dx, dr, dgamma, dbeta)" in text
-    err = fails(capsys, "derive", "batch", "--epilogue", "relu", "--format", "md", "-o", str(tmp_path / "docs"))
-    assert "--epilogue: got 'relu'" in err and "documents do not show epilogues" in err
-    assert not (tmp_path / "docs").exists()
+    assert "def double_backward(ggx, ggr, gggamma, ggbeta, dy, x, r, gamma, beta," in text
+    assert cli.main(["derive", "batch", "--epilogue", "relu", "--format", "md", "-o", str(tmp_path / "docs")]) == 0
+    doc = (tmp_path / "docs" / "batch_nc_relu.md").read_text()
+    assert "# Batch norm, NC, then relu" in doc and "- **epilogue**: $y = " in doc
+    assert "\\overline{\\mathrm{d}y} = " in doc and "gbeta = 0" in doc  # the second order's join, and its proof
 
 
 def test_an_epilogue_on_an_expression_is_refused_as_a_flag(capsys):

@@ -86,7 +86,21 @@ def _math_spans(md: str) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize("name", MD_NAMES)
 def test_markdown_math_is_balanced_and_github_safe(name):
-    displays, inline = _math_spans((DOCS / name).read_text())
+    _check_markdown_math((DOCS / name).read_text())
+
+
+def test_an_epilogue_document_shows_the_epilogue_and_its_second_order(tmp_path):
+    assert main(["derive", "layer", "--layout", "NC", "--epilogue", "add_relu", "--format", "md", "-o",
+                 str(tmp_path), "-q"]) == 0
+    text = (tmp_path / "layer_nc_add_relu.md").read_text()
+    _check_markdown_math(text)
+    assert "- **epilogue**: $y = \\max\\left(0, {r} + {z}\\right)$" in text
+    assert "compact dr" in text and "gr = 0" in text and "gbeta = 0" in text  # first and second order proved
+    assert "failed" not in text
+
+
+def _check_markdown_math(text: str) -> None:
+    displays, inline = _math_spans(text)
     assert inline, "no inline mathematics found"
     for tex_ in displays + inline:
         assert tex_.strip(), "empty mathematics"

@@ -13,7 +13,7 @@ import sympy
 from helpers import GENERATED
 from symbn import cli, preset
 from symbn.core.derive import DX, derive
-from symbn.core.verify import PROOF_BLOCKS, ProofError, _loss_gradient, independent_blocks, index_sets, \
+from symbn.core.verify import PROOF_BLOCKS, ProofError, brute_gradient, independent_blocks, index_sets, \
     proof_shape, prove
 from symbn.docgen import evidence
 
@@ -194,6 +194,6 @@ def test_the_gradient_of_the_terms_holding_a_symbol_is_the_gradient_of_the_loss(
     dys = [sympy.Rational(k + 1, 3) for k in range(4)]
     point = {s: sympy.Rational(k + 2, 5) for k, s in enumerate(xs + (g,))}
     loss = sympy.Add(*(dy * y for dy, y in zip(dys, ys)))
-    gradient = _loss_gradient(dys, ys, point)
+    gradient = brute_gradient(dys, ys, point)
     for s in xs + (g, sympy.Symbol("unused")):
         assert sympy.simplify(gradient(s) - sympy.diff(loss, s).xreplace(point)) == 0
