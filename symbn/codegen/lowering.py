@@ -66,11 +66,11 @@ def lower(p: Plan) -> Lowering:
     reduced = [i for i, b in enumerate(blocks) if b.reduced]
     param = [i for i, b in enumerate(blocks) if b.param]
     shifted = ew.mean is not None and ew.mean in p.saved
-    # A fused epilogue takes the general loops only: statistic loops (no column kernels), each sum formed from its own
-    # summand (a mask is no polynomial to split), no split-phase pieces.
+    # A fused epilogue forms each sum from its own summand (a mask is no polynomial to split) and has no split-phase
+    # pieces; its loops are those of any spec (column kernels where the statistics run along the contiguous axis).
     split = (_as_is(p) if p.epilogue else split_sums(ew, [e for _, e in p.sums], shifted)) if p.sums else None
     from_sums = tuple(gradient_sums(ew, p.sums, p.param_sums))
-    columns = None if p.epilogue else _columns(p)
+    columns = _columns(p)
     param_per_stat = set(param) <= set(kept)
     rest = tuple((s, e) for (s, e), i in zip(p.param_sums, from_sums) if i is None)
     shared = None if p.epilogue else shares(p)

@@ -138,7 +138,7 @@ def dx_loop(lw: Lowering) -> DxLoop:
         col = lw.columns
         sc = _Scalar(p, "o, r, c", "c" if col.param_over_c else "0", stat="o, c", arrays=("x3", "dy3", "r3"))
         from_sums = bool(p.param_sums) and not lw.rest
-        exprs = [p.dx] + ([] if from_sums else [e for _, e in p.param_sums])
+        exprs = [p.dx] + _dr(p) + ([] if from_sums else [e for _, e in p.param_sums])
         column, array, params = True, "x3", None
     else:
         n = len(p.blocks)
@@ -282,7 +282,7 @@ def _column_statements(lw: Lowering) -> dict:
         dx["wrapper"] = [w for w in dx["wrapper"] if w not in sums["wrapper"]]
     moments = _moments(lw, lambda e: numpy_code(e, {}))
     y, y_eval = elementwise([p.y], every_stat), elementwise([p.y], p.eval_stats)
-    eval_dx = (elementwise([p.eval_dx] + [e for _, e in p.eval_param_sums], p.eval_stats)
+    eval_dx = (elementwise([p.eval_dx] + _dr(p) + [e for _, e in p.eval_param_sums], p.eval_stats)
                if p.eval_dx is not None else None)  # only where the spec keeps running statistics
     kernels = dict(col_y=y, col_y_eval=y_eval, col_dx=dx) | ({"col_dx_eval": eval_dx} if eval_dx else {})
     kernels |= {"col_sums": sums} if sums else {}
