@@ -7,13 +7,43 @@ import re
 
 import sympy
 from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
+
+from symbn.core.symbols import psum, rsum
 
 
 class _NumPyPrinter(NumPyPrinter):
-    """NumPy code that refers to the module as ``np``; the two reductions call the module's _rsum and _psum."""
+    """NumPy code that refers to the module as ``np``; the two reductions call the module's _rsum and _psum.
+
+    Given *arrays* (the symbols that stand for the large arrays), a product multiplies its other factors first:
+    ``gamma*istd/M*(M*dy - sum_dy)`` is one operation on the large array where ``gamma*istd*(M*dy - sum_dy)/M`` is
+    two."""
 
     _module = "np"
+
+    def __init__(self, arrays=None):
+        super().__init__()
+        self._arrays = arrays
+
+    def _large(self, e) -> bool:
+        return large(e, self._arrays)
+
+    def _print_Mul(self, expr):
+        if not self._arrays:
+            return super()._print_Mul(expr)
+        if expr.could_extract_minus_sign():  # a leading minus, as the Add printer expects of a negative term
+            return "-" + self._print(-expr)
+        large = [f for f in expr.args if self._large(f)]
+        if not large or len(large) == len(expr.args):
+            return super()._print_Mul(expr)
+        code = self.parenthesize(sympy.Mul(*(f for f in expr.args if not self._large(f))), PRECEDENCE["Mul"], strict=True)
+        for f in large:
+            if f.is_Pow and f.exp.is_negative:
+                code += "/" + self.parenthesize(1 / f, PRECEDENCE["Mul"], strict=True)
+            else:
+                code += "*" + self.parenthesize(f, PRECEDENCE["Mul"])
+        return code
 
     def _print_rsum(self, e):
         return f"_rsum({self._print(e.args[0])})"
@@ -40,6 +70,15 @@ class _NumPyPrinter(NumPyPrinter):
         return super()._print_Add(sympy.Add(first, *(t for t in terms if t is not first), evaluate=False), "none")
 
 
+def large(e: sympy.Expr, arrays) -> bool:
+    """Whether *e* is a large array: it reads one of *arrays* outside a reduction (a sum is per statistic)."""
+    if isinstance(e, (rsum, psum)):
+        return False
+    if e.is_Symbol:
+        return e in arrays
+    return any(large(a, arrays) for a in e.args)
+
+
 class _ScalarPrinter(PythonCodePrinter):
     """Scalar code for Numba: math.sqrt, math.exp, ...; sign() as copysign."""
 
@@ -50,8 +89,10 @@ class _ScalarPrinter(PythonCodePrinter):
         return "max(" + ", ".join(self._print(a) for a in e.args) + ")"
 
 
-def numpy_code(e: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:
-    return _NumPyPrinter().doprint(_renamed(e, names)).replace("numpy.", "np.")
+def numpy_code(e: sympy.Expr, names: dict[sympy.Symbol, str], arrays: set[sympy.Symbol] | None = None) -> str:
+    """NumPy code for *e*, its symbols renamed by *names*; *arrays*: see _NumPyPrinter."""
+    renamed = {sympy.Symbol(names.get(s, s.name)) for s in arrays or ()}
+    return _NumPyPrinter(renamed).doprint(_renamed(e, names)).replace("numpy.", "np.")
 
 
 def scalar_code(e: sympy.Expr, names: dict[sympy.Symbol, str]) -> str:

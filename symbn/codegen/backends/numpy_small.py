@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from symbn.codegen.backends.quick import checks
 from symbn.codegen.lowering import Lowering
-from symbn.codegen.printers import numpy_code, reads
+from symbn.codegen.printers import cse, large, numpy_code, reads
 from symbn.core.symbols import DY, X, psum, rsum
 
 _NAMES = {X: "xb", DY: "dyb"}
@@ -15,11 +15,13 @@ _NAMES = {X: "xb", DY: "dyb"}
 
 def small(lw: Lowering) -> dict:
     p = lw.plan
+    arrays = {X, DY} | {c for c, _ in p.coordinates}
 
     def code(e):
-        return numpy_code(e, _NAMES)
+        return numpy_code(e, _NAMES, arrays)
 
-    train = [(s.symbol.name, code(rsum(s.expr) / s.denominator if s.reduce else s.expr)) for s in p.train_steps]
+    train, train_y = _shared_steps([(s.symbol, rsum(s.expr) / s.denominator if s.reduce else s.expr)
+                                    for s in p.train_steps], p.y, code, arrays)
     sums = dict(p.sums)
     # a parameter gradient that is one of the backward's sums (batch norm: dbeta = sum(dy)) is that sum added up over
     # the blocks the parameters do not span
@@ -31,11 +33,55 @@ def small(lw: Lowering) -> dict:
         eval_backward = dict(lines=[(c.name, code(e)) for c, e in p.coordinates], dx=code(p.eval_dx),
                              grads=[code(psum(e)) for _, e in p.eval_param_sums])
     ctx = checks(p) | dict(
-        train=train, y=code(p.y), eval_steps=[(s.symbol.name, code(s.expr)) for s in p.eval_steps],
+        train=train, train_y=train_y, y=code(p.y), eval_steps=[(s.symbol.name, code(s.expr)) for s in p.eval_steps],
         backward=backward, dx=code(p.dx), grads=grads, eval_backward=eval_backward,
     )
     # the names each function reads: its template leaves out M and marks eps unused where they are not read
+    blocks = p.blocks
+    ctx.update(
+        count_xb=" * ".join(f"xb.shape[{i}]" for i, b in enumerate(blocks) if b.reduced),
+        param_view=_view(blocks, lambda b: b.param), stat_view=_view(blocks, lambda b: not b.reduced))
     ctx["uses"] = {name: sorted(reads(*parts)) for name, parts in (
-        ("train", (train, ctx["y"])), ("eval", (ctx["y"],)),
+        ("train", (train, train_y)), ("eval", (ctx["y"],)),
         ("small_backward", (backward, ctx["dx"], grads)), ("small_backward_eval", (eval_backward,)))}
     return ctx
+
+
+def _shared_steps(steps, y, code, arrays):
+    """The training forward's lines and y, a large array they share (x - mu) computed once: each goes just before
+    the first step that reads it. Shared scalars and statistics stay inline (1/M once would round twice)."""
+    shared, reduced = cse([e for _, e in steps] + [y], prefix="t")
+    inline = {c: ce for c, ce in shared if not large(ce, arrays)}
+    for c in reversed(list(inline)):  # later ones may read earlier ones
+        inline = {k: v.xreplace({c: inline[c]}) for k, v in inline.items()}
+    kept = [c for c, _ in shared if c not in inline]
+    inline.update(zip(kept, [c for c, _ in shared]))  # renumbered from t0 (every name was free for cse)
+    shared = [(inline[c], ce.xreplace(inline)) for c, ce in shared if c in kept]
+    reduced = [e.xreplace(inline) for e in reduced]
+    lines, done = [], set()
+
+    def needs(e):
+        for c, ce in shared:
+            if c in e.free_symbols and c not in done:
+                needs(ce)
+                done.add(c)
+                lines.append((c.name, code(ce)))
+
+    for (symbol, _), e in zip(steps, reduced):
+        needs(e)
+        lines.append((symbol.name, code(e)))
+    needs(reduced[-1])
+    return lines, code(reduced[-1])
+
+
+def _view(blocks, spans) -> str | None:
+    """The shape that broadcasts an array over the blocks it *spans* against the block view, as code in xb.shape;
+    None where its own shape (a parameter's, or a statistic's as the quick path or the full checks give it) already
+    does: one block of one axis, the last. None too where it spans none (a spec without parameters)."""
+    first = next((i for i, b in enumerate(blocks) if spans(b)), None)
+    if first is None:  # no parameters
+        return None
+    rest = blocks[first:]
+    if len(rest) == 1 and len(rest[0].axes) == 1 and not rest[0].split:
+        return None
+    return "(" + "".join(f"xb.shape[{first + i}], " if spans(b) else "1, " for i, b in enumerate(rest)) + ")"
