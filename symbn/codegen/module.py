@@ -21,7 +21,7 @@ from symbn.core.derive import DX, derive
 from symbn.core.second import GGR, second_orders
 from symbn.core.printing import text
 from symbn.core.spec import RUNNING, Spec
-from symbn.core.symbols import BETA, DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, M, R, X, Z
+from symbn.core.symbols import BETA, DY, GAMMA, GGBETA, GGGAMMA, GGX, MOMENTUM, M, R, X
 from symbn.templating import render
 from symbn.version import __version__
 
@@ -113,9 +113,8 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
     ctx["staged_forward"] = [(n.name, numpy_code(n.expr, _NUMPY_NAMES)) for n in d.graph.nodes if n.symbol in needed]
     ctx["staged_backward"] = [(s.name, numpy_code(e, _NUMPY_NAMES)) for s, e in d.staged]
     if d.epilogue is not None:  # the epilogue's gradients first: the staged backward starts from dz
-        at_z = {Z: d.graph.output.symbol}
-        ctx["staged_backward"][:0] = [(s.name, numpy_code(e.xreplace(at_z), _NUMPY_NAMES))
-                                      for s, e in d.epilogue.backward]
+        ctx["staged_backward"][:0] = [(s.name, numpy_code(e, _NUMPY_NAMES))
+                                      for s, e in d.epilogue.at(d.graph.output.symbol).backward]
     ctx["staged_uses"] = sorted(reads(ctx["staged_forward"], ctx["staged_backward"]))
     ctx["running_uses"] = sorted(reads(ctx["running_updates"]))
     ctx["split"] = _split(lw)

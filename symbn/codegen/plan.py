@@ -121,11 +121,11 @@ def plan(d: Derivation, second: tuple = (None, None)) -> Plan:
     y = base[g.output.symbol]
     fused, dr = {}, None
     if d.epilogue is not None:  # the epilogue after z, and dz in place of the upstream gradient
-        at_z = {Z: y}
-        fused = {DZ: d.output(d.epilogue.backward, DZ).xreplace(at_z)}
-        second = tuple(_fused_second(so, at_z | fused) if so is not None else None for so in second)
-        dr = d.output(d.epilogue.backward, DR).xreplace(at_z) if d.epilogue.residual else None
-        y = d.epilogue.forward.xreplace(at_z)
+        epilogue = d.epilogue.at(y)
+        fused = {DZ: d.output(epilogue.backward, DZ)}
+        second = tuple(_fused_second(so, {Z: y} | fused) if so is not None else None for so in second)
+        dr = d.output(epilogue.backward, DR) if epilogue.residual else None
+        y = epilogue.forward
     sums = tuple((s, e.args[0].xreplace(fused)) for s, e in d.reductions)
     param_sums = tuple((s, e.args[0].xreplace(fused)) for s, e in d.compact if s != DX)
     eval_dx = d.output(d.eval_mode, DX).xreplace(fused) if d.eval_mode else None

@@ -89,6 +89,11 @@ class Epilogue:
         found = {h.args[0] for _, e in self.backward for h in e.atoms(sympy.Heaviside)}
         return tuple(sorted(found, key=sympy.default_sort_key))
 
+    def at(self, z: sympy.Expr) -> Epilogue:
+        """The epilogue taking *z* for Z: the normalization's output node, or what it stands for."""
+        return Epilogue(self.forward.xreplace({Z: z}), tuple((s, e.xreplace({Z: z})) for s, e in self.backward),
+                        self.residual)
+
 
 @dataclass(frozen=True)
 class Derivation:

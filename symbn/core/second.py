@@ -547,14 +547,13 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, 
     train = so.mode == "train"
     first = (d.reductions + d.compact) if train else d.eval_mode
     has_gamma = GAMMA in g.leaves
-    epilogue = d.epilogue
+    epilogue = d.epilogue.at(g.output.symbol) if d.epilogue is not None else None
     if epilogue is None:
         forward = tuple((n.symbol, n.expr) for n in g.nodes[:-1] if train or n.kind == STAT)
         head: Program = ()
     else:  # the normalization's output z too (the masks read it), and the epilogue's dz, dr from dy
         forward = tuple((n.symbol, n.expr) for n in g.nodes if train or n.kind != REDUCE)
-        at_z = {Z: g.output.symbol}
-        head = tuple((s, e.xreplace(at_z)) for s, e in epilogue.backward)
+        head = epilogue.backward
 
     def new(x_values, g_values, dy_values, b_values=None, r_values=None) -> Interpreter:
         run = Interpreter(stat_ids, param_ids, constants)
@@ -576,7 +575,7 @@ def _prove_second_at(so, shape, stat_ids, param_ids, constants, symbols, point, 
         values.env[symbol] = values.evaluate(expr)
         require_defined(values.env[symbol], f"the backward's {symbol}", elements)
     for kink in epilogue.kinks if epilogue else ():  # where the masks jump nothing is differentiable
-        if any(v == 0 for v in values.evaluate(kink.xreplace(at_z))):
+        if any(v == 0 for v in values.evaluate(kink)):
             raise Singular(f"the epilogue's {kink} is 0, a kink, at one element")
 
     # Brute force: dx, dgamma, dbeta (and dr) element by element in symbols, L2 differentiated by SymPy. A partial

@@ -19,7 +19,7 @@ import sympy
 
 from symbn.core.derive import DBETA, DGAMMA, DR, DX, Derivation, Program
 from symbn.core.graph import GraphError
-from symbn.core.symbols import BETA, DY, EPS, GAMMA, M, MOMENTUM, R, X, Z, psum, rsum, sym
+from symbn.core.symbols import BETA, DY, EPS, GAMMA, M, MOMENTUM, R, X, psum, rsum, sym
 
 
 @dataclass(frozen=True)
@@ -265,12 +265,13 @@ def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs,
     residual's symbols, where an epilogue takes one."""
     forward = tuple((node.symbol, node.expr) for node in derivation.graph.nodes)
     output = derivation.graph.output.symbol
-    epilogue = derivation.epilogue
-    head: Program = ()  # the epilogue's backward, which gives the normalization's backward its upstream gradient dz
+    # the epilogue on the normalization's output; its backward gives the normalization's backward its upstream dz
+    epilogue = derivation.epilogue.at(output) if derivation.epilogue is not None else None
+    head: Program = ()
     if epilogue is not None:
         output = sym("y")
-        forward += ((output, epilogue.forward.xreplace({Z: derivation.graph.output.symbol})),)
-        head = tuple((s, e.xreplace({Z: derivation.graph.output.symbol})) for s, e in epilogue.backward)
+        forward += ((output, epilogue.forward),)
+        head = epilogue.backward
 
     def inputs(run: Interpreter, symbolic: bool = False) -> Interpreter:
         run.bind(X, xs if symbolic else [point[s] for s in xs])
@@ -288,7 +289,7 @@ def _prove_at(derivation: Derivation, shape, stat_ids, param_ids, constants, xs,
         values.env[symbol] = values.evaluate(expr)
         require_defined(values.env[symbol], f"the forward's {symbol}", elements)
     for kink in epilogue.kinks if epilogue else ():  # where the derivative jumps it is not proved (nor defined)
-        at = values.evaluate(kink.xreplace({Z: derivation.graph.output.symbol}))
+        at = values.evaluate(kink)
         if any(abs(sympy.N(v, 30)) < 1e-25 for v in at):
             raise Singular(f"the epilogue's {kink} is 0, a kink, at one element")
 
