@@ -93,7 +93,7 @@ def _context(lw: Lowering, backend: str, command: str) -> dict:
         running=running, running_tuple=repr(tuple(running)), running_convention=spec.running,
         batch_stats=[r.name for r in reductions], train_out=[s.name for s in p.train_out],
         eval_stats=[s.name for s in p.eval_stats], eval_steps=eval_lines,
-        running_updates=[(r.name, numpy_code(e, {MOMENTUM: "momentum"})) for r, _, e in p.running],
+        running_updates=[_running_update(r, e, {a for r, s, _ in p.running for a in (r, s)}) for r, _, e in p.running],
         central=p.central,
         ndim=spec.ndim, layout=repr(spec.layout), reduce_axes=repr(spec.reduce_axes),
         param_axes=repr(spec.param_axes), groups=repr(spec.groups), channel_axis=repr(spec.channel_axis),
@@ -234,3 +234,13 @@ def _blocks_text(p, names: list[str], keep) -> str:
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
+
+
+def _running_update(r: sympy.Symbol, e: sympy.Expr, arrays: set) -> str:
+    """The update of running statistic *r* in place: the last addition writes into it (no temporary and copy), the
+    scalar coefficients multiply first (one operation on the statistics per term)."""
+    names = {MOMENTUM: "momentum"}
+    if not e.is_Add:
+        return f"{r.name}[...] = {numpy_code(e, names, arrays)}"
+    first, *rest = e.as_ordered_terms()
+    return f"np.add({numpy_code(first, names, arrays)}, {numpy_code(sympy.Add(*rest), names, arrays)}, out={r.name})"
