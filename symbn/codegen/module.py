@@ -234,8 +234,6 @@ def _blocks_text(p, names: list[str], keep) -> str:
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
-
-
 def _running_update(r: sympy.Symbol, e: sympy.Expr, arrays: set) -> str:
     """The update of running statistic *r* in place: the last addition writes into it (no temporary and copy), the
     scalar coefficients multiply first (one operation on the statistics per term)."""

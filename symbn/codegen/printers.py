@@ -34,11 +34,11 @@ class _NumPyPrinter(NumPyPrinter):
             return super()._print_Mul(expr)
         if expr.could_extract_minus_sign():  # a leading minus, as the Add printer expects of a negative term
             return "-" + self._print(-expr)
-        large = [f for f in expr.args if self._large(f)]
-        if not large or len(large) == len(expr.args):
+        big = [f for f in expr.args if self._large(f)]
+        if not big or len(big) == len(expr.args):
             return super()._print_Mul(expr)
         code = self.parenthesize(sympy.Mul(*(f for f in expr.args if not self._large(f))), PRECEDENCE["Mul"], strict=True)
-        for f in large:
+        for f in big:
             if f.is_Pow and f.exp.is_negative:
                 code += "/" + self.parenthesize(1 / f, PRECEDENCE["Mul"], strict=True)
             else:
