@@ -24,8 +24,9 @@ def small(lw: Lowering) -> dict:
                                     for s in p.train_steps], p.y, code, arrays)
     sums = dict(p.sums)
     # a parameter gradient that is one of the backward's sums (batch norm: dbeta = sum(dy)) is that sum added up over
-    # the blocks the parameters do not span
-    grads = [code(psum(p.sums[i][0])) if i is not None else code(psum(e))
+    # the blocks the parameters do not span: the sum as it is where each of those is reduced (one value per set)
+    as_is = all(b.reduced for b in p.blocks if not b.param)
+    grads = [code(p.sums[i][0] if as_is else psum(p.sums[i][0])) if i is not None else code(psum(e))
              for (_, e), i in zip(p.param_sums, lw.from_sums)]
     backward = [(c.name, code(e)) for c, e in p.coordinates] + [(s.name, code(rsum(e))) for s, e in sums.items()]
     eval_backward = None
