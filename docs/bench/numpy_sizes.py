@@ -2,7 +2,10 @@
 
 Batch NC, forward_train (updating running statistics, as a training step does) then backward, per call, the two
 interleaved run by run (7 runs; each run many calls in a row, at least one); prints the medians and the median of
-the run-by-run ratios naive/symbn. The catalogue module in generated/ is the one timed.
+the run-by-run ratios naive/symbn. The catalogue module in generated/ is the one timed. Up to the module's SMALL
+elements a third column, `kernels`, times the small path's own kernels and the running update with no check at all
+(the module's private `_small_forward` and `_small_backward`, outputs cast to the input's dtype): what the checks
+of every argument and of the statistics' range cost per call is the difference.
 
     python docs/bench/numpy_sizes.py            # a few minutes
 """
@@ -41,8 +44,17 @@ def main() -> None:
                 _, cache = naive.forward_train(x, gamma, beta, running=running[1])
                 return naive.backward(dy, cache)
 
+            def kernels():
+                with np.errstate(all="ignore"):
+                    (mu, var, istd), y = m._small_forward(x, gamma, beta, m.EPS)
+                    y.astype(dtype)
+                    m._update_running(*running[2], mu.reshape(-1), var.reshape(-1), x.shape[0], m.MOMENTUM)
+                    dx, grads = m._small_backward(dy, x, gamma, mu, istd, m.EPS)
+                return dx.astype(dtype), [g.astype(dtype) for g in grads]
+
+            running.append([np.zeros(shape[1], dtype), np.ones(shape[1], dtype)])
             calls = min(500, max(1, int(2e6 // x.size)))
-            times: dict = {symbn_numpy: [], staged: []}
+            times: dict = {symbn_numpy: [], staged: []} | ({kernels: []} if x.size <= m.SMALL else {})
             for _ in range(7):
                 for f, ts in times.items():
                     t = time.perf_counter()
@@ -52,7 +64,8 @@ def main() -> None:
             ratios = [b / a for a, b in zip(times[symbn_numpy], times[staged])]
             print(f"{str(shape):13s} {np.dtype(dtype).name:8s} symbn-numpy {statistics.median(times[symbn_numpy]):10.1f}"
                   f" us  naive {statistics.median(times[staged]):10.1f} us  naive/symbn {statistics.median(ratios):.2f}x"
-                  f" (min {min(ratios):.2f})")
+                  f" (min {min(ratios):.2f})" + (f"  kernels {statistics.median(times[kernels]):8.1f} us"
+                                                 if kernels in times else ""))
 
 
 if __name__ == "__main__":
