@@ -18,6 +18,7 @@ textbook reference in np.longdouble written here from the spec alone:
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
 import pytest
@@ -229,6 +230,38 @@ def test_ordinary_inputs_never_take_the_exact_path(name, backend, monkeypatch):
         y, *saved = call(module, "forward_train", typed)
         for fn in functions(module)[1:]:
             call(module, fn, {**typed, **dict(zip(module.SAVED, saved))})
+
+
+@pytest.mark.parametrize("case", ["float64 1e200", "float64 1e-300, eps 1e-300"])
+@pytest.mark.parametrize("name", NAMES)
+def test_numpy_small_path_hands_a_failed_float64_step_to_the_exact_path(name, case, monkeypatch):
+    """The NumPy small path computes in float64 and raises on the IEEE flags its steps set (_guarded in the module):
+    x*x overflowing near 1e200 or underflowing near 1e-300 sends forward_train on to the exact path, with nothing
+    raised or warned and the caller's error state as it was, and with the results the large path gives."""
+    dtype, scale, offset, eps = EXTREMES[case]
+    if scale > 1e154 and not WIDE:
+        pytest.skip("long double is float64 here: float64 beyond 1e154 has no wider type to fall back on")
+    _, module, args = arguments(name, "numpy", dtype, scale, offset)
+    assert args["x"].size <= module.SMALL
+    exact, train = [], module._exact_train
+    monkeypatch.setattr(module, "_exact_train", lambda *a: exact.append(1) or train(*a))
+    outputs = []
+    for small in (module.SMALL, 0):
+        monkeypatch.setattr(module, "SMALL", small)
+        running = {r: args[r].copy() for r in module.RUNNING}
+        state = np.geterr()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y, *saved = call(module, "forward_train", {**args, **running}, eps=eps)
+        assert np.geterr() == state and exact, "forward_train took the exact path"
+        exact.clear()
+        with np.errstate(all="ignore"):  # the large path's backward may warn where these values overflow
+            grads = call(module, "backward", {**args, **dict(zip(module.SAVED, saved))}, eps=eps)
+        outputs.append([y, *saved, *running.values(), *grads])
+    for small, large in zip(*outputs):
+        np.testing.assert_array_equal(np.isfinite(small), np.isfinite(large))
+        finite = np.isfinite(large)
+        np.testing.assert_allclose(small[finite], large[finite], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("offset", (1e2, 1e4, 1e6))
