@@ -4,8 +4,9 @@ Batch NC, forward_train (updating running statistics, as a training step does) t
 interleaved run by run (7 runs; each run many calls in a row, at least one); prints the medians and the median of
 the run-by-run ratios naive/symbn. The catalogue module in generated/ is the one timed. Up to the module's SMALL
 elements a third column, `kernels`, times the small path's own kernels and the running update with no check at all
-(the module's private `_small_forward` and `_small_backward`, outputs cast to the input's dtype): what the checks
-of every argument and of the statistics' range cost per call is the difference.
+(the module's private `_small_forward` and `_small_backward`, outputs cast to the input's dtype): the difference is
+what the checks cost per call (every argument, aliasing, the guard that hands a failed float64 step to the exact
+path, shaping the outputs).
 
     python docs/bench/numpy_sizes.py            # a few minutes
 """
