@@ -50,13 +50,17 @@ def one_thread():
         limits.restore_original_limits()
 
 
-@pytest.fixture(params=("small path", "large path"))
+@pytest.fixture(params=("small path", "one-chunk path", "large path"))
 def path(request, monkeypatch):
-    """Both paths of a generated module: as the test's inputs are (inputs up to the module's SMALL elements take the
-    small path), and with the large path forced (SMALL = 0). Returns what prepares a module for the current one."""
+    """The paths of a generated module: as the test's inputs are (inputs up to the module's SMALL elements take the
+    small path), the NumPy small path's passes over the input as one chunk (_FLOAT64_UP_TO = 0; the Numba modules
+    have no such path and take their small one) and the large path forced (SMALL = 0). Returns what prepares a module
+    for the current one."""
     def prepare(module):
         if request.param == "large path":
             monkeypatch.setattr(module, "SMALL", 0)
+        elif request.param == "one-chunk path" and hasattr(module, "_FLOAT64_UP_TO"):
+            monkeypatch.setattr(module, "_FLOAT64_UP_TO", 0)
         return module
 
     return prepare

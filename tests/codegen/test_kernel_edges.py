@@ -232,17 +232,24 @@ def test_ordinary_inputs_never_take_the_exact_path(name, backend, monkeypatch):
             call(module, fn, {**typed, **dict(zip(module.SAVED, saved))})
 
 
-@pytest.mark.parametrize("case", ["float64 1e200", "float64 1e-300, eps 1e-300"])
+@pytest.mark.parametrize("kernels, case", [
+    ("float64", "float64 1e200"), ("float64", "float64 1e-300, eps 1e-300"),
+    ("one chunk", "float64 1e200"), ("one chunk", "float32 1e30"), ("one chunk", "float32 1e-30, eps 1e-60")])
 @pytest.mark.parametrize("name", NAMES)
-def test_numpy_small_path_hands_a_failed_float64_step_to_the_exact_path(name, case, monkeypatch):
-    """The NumPy small path computes in float64 and raises on the IEEE flags its steps set (_guarded in the module):
-    x*x overflowing near 1e200 or underflowing near 1e-300 sends forward_train on to the exact path, with nothing
-    raised or warned and the caller's error state as it was, and with the results the large path gives."""
+def test_numpy_small_path_hands_a_failed_step_to_the_exact_path(name, kernels, case, monkeypatch):
+    """The NumPy small path raises on the IEEE flags its steps set (_guarded in the module), in its float64 kernels
+    and in its passes over the input as one chunk (in the input's dtype, past _FLOAT64_UP_TO elements): x*x
+    overflowing or underflowing sends forward_train on to the exact path, with nothing raised or warned and the
+    caller's error state as it was, and with the results the large path gives."""
     dtype, scale, offset, eps = EXTREMES[case]
     if scale > 1e154 and not WIDE:
         pytest.skip("long double is float64 here: float64 beyond 1e154 has no wider type to fall back on")
     _, module, args = arguments(name, "numpy", dtype, scale, offset)
     assert args["x"].size <= module.SMALL
+    if kernels == "one chunk":
+        monkeypatch.setattr(module, "_FLOAT64_UP_TO", 0)
+    else:
+        assert args["x"].size <= module._FLOAT64_UP_TO
     exact, train = [], module._exact_train
     monkeypatch.setattr(module, "_exact_train", lambda *a: exact.append(1) or train(*a))
     outputs = []

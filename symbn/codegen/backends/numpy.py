@@ -16,21 +16,34 @@ from symbn.core.symbols import BETA, DY, GAMMA, R, X
 
 
 def statements(lw: Lowering) -> dict:
-    return _NumpyBodies(lw).context()
+    ctx = _NumpyBodies(lw).context()
+    one = _NumpyBodies(lw, single=True)
+    ctx["one"] = dict(forward=one.forward(), backward=one.backward(lw.plan.sums, lw.plan.dx, lw.plan.param_sums,
+                                                                   lw.plan.saved))
+    ctx["one"]["uses"] = {name: sorted(reads(lines)) for name, lines in ctx["one"].items()}
+    return ctx
 
 
 class _NumpyBodies:
-    def __init__(self, lw: Lowering):
+    """*single*: the bodies for an input taken whole, as one chunk that holds every statistic (no loop): the
+    statistics come from the mean first and then from x shifted by it, whatever the layout."""
+
+    def __init__(self, lw: Lowering, single: bool = False):
         p = self.p = lw.plan
         self.lw = lw
+        self.single = single
         self.ew = Elementwise(p)
         self.mean = lw.mean
         self.coordinates = self.ew.coordinates
-        self.whole = lw.numpy_whole
+        self.whole = lw.numpy_whole or single
         # inside a chunk: the chunk's rows of x and dy, and of every array that spans the first block
         self.sliced = (self.ew.stats if self.whole else set()) | ({GAMMA, BETA} if p.blocks[0].param else set())
         self.names = {X: "xc", DY: "dyc", R: "rc"} | {s: f"{s.name}_c" for s in self.sliced}
         self.dr = [("drb", p.dr)] if p.dr is not None else []  # an epilogue's residual gradient, beside dx
+
+    def rows(self, name: str) -> str:
+        """The chunk's rows of an array (the array itself when the input is taken whole)."""
+        return name if self.single else f"{name}[sl]"
 
     def code(self, e: sympy.Expr) -> str:
         return numpy_code(e, self.names)
@@ -88,9 +101,9 @@ class _NumpyBodies:
                 if s.symbol == self.mean:  # the chunk holds the whole statistic: shift by it from here on
                     loop.body += [f"shift_c = _cast({s.symbol.name}_c, xb)", "xs = xc - shift_c"]
                     shifted = True
-            loop.statements([self.output(p.y, shifted, loop)], shifted, into="y[sl]")
-            loop.body += [f"{s}[sl] = {s}_c" for s in outs]
-            return [f"{s} = _stat(xb)" for s in outs] + loop.lines()
+            loop.statements([self.output(p.y, shifted, loop)], shifted, into=self.rows("y"))
+            loop.body += [f"{self.rows(s)} = {s}_c" for s in outs]
+            return ([] if self.single else [f"{s} = _stat(xb)" for s in outs]) + loop.lines()
         if self.lw.moments:
             return self.forward_moments(self.lw.moments)
         out, shifted = [], False
@@ -128,9 +141,9 @@ class _NumpyBodies:
         of further outputs, written beside it)."""
         loop = self.loop([expr] + [e for _, e in extra] + [e for _, e in param_sums], shifted)
         for name, e in extra:
-            loop.statements([self.output(e, shifted, loop)], shifted, into=f"{name}[sl]")
+            loop.statements([self.output(e, shifted, loop)], shifted, into=self.rows(name))
         exprs = [self.output(expr, shifted, loop)] + [e for _, e in param_sums]
-        codes = loop.statements(exprs, shifted, into=f"{out}[sl]")
+        codes = loop.statements(exprs, shifted, into=self.rows(out))
         loop.body += [self.param_add(s, c) for (s, _), c in zip(param_sums, codes)]
         return self.param_accumulators(param_sums) + loop.lines()
 
@@ -154,8 +167,8 @@ class _NumpyBodies:
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
             loop.body += [self.param_add(s, f"{st.name}_c") for s, st in taken]
             for name, e in self.dr:
-                loop.statements([self.output(e, shifted, loop)], shifted, into=f"{name}[sl]")
-            loop.statements([self.output(dx, shifted, loop)], shifted, into="dx[sl]")
+                loop.statements([self.output(e, shifted, loop)], shifted, into=self.rows(name))
+            loop.statements([self.output(dx, shifted, loop)], shifted, into=self.rows("dx"))
             return head + self.param_accumulators(param_sums) + loop.lines()
         param_sums = rest
         # the sums as statistics' coefficients times sums of monomials: the pass forms dy*xs, not xhat
@@ -171,11 +184,13 @@ class _NumpyBodies:
         return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted, self.dr)
 
     def param_accumulators(self, param_sums) -> list[str]:
-        return [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
+        return [] if self.single else [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
 
     def param_add(self, s, code: str) -> str:
         total = f"np.add.reduce({code}, axis=_NONPARAM, dtype=np.float64)"
         # parameters along the first block: a chunk's rows are its own parameters' whole share
+        if self.single:
+            return f"{s.name} = {total}"
         return f"{s.name}[sl] = {total}" if self.p.blocks[0].param else f"{s.name} += {total}"
 
 
@@ -189,10 +204,11 @@ class _Loop:
         self.body: list[str] = []
         self.known: dict = {}
         used = bodies.ew.used(list(exprs))
-        pairs = [(n, v) for s, n, v in ((X, "xc", "xb[sl]"), (DY, "dyc", "dyb[sl]"), (R, "rc", "rb[sl]")) if s in used]
+        rows = bodies.rows
+        pairs = [(n, rows(v)) for s, n, v in ((X, "xc", "xb"), (DY, "dyc", "dyb"), (R, "rc", "rb")) if s in used]
         chunked = (used | ({SHIFT} if shifted and X in used else set())) & bodies.sliced - computed
-        pairs += [(bodies.names[s], f"_part({s.name}, sl)") for s in sorted(chunked, key=str)
-                  if s not in bodies.coordinates]
+        pairs += [(bodies.names[s], s.name if bodies.single else f"_part({s.name}, sl)")
+                  for s in sorted(chunked, key=str) if s not in bodies.coordinates]
         self.views = [", ".join(n for n, _ in pairs) + " = " + ", ".join(v for _, v in pairs)] if pairs else []
         self.shift_line = f"xs = xc - {bodies.names.get(SHIFT, 'shift')}" if shifted and X in used else None
         self.coordinates_done: set = set()
@@ -224,6 +240,8 @@ class _Loop:
 
     def lines(self) -> list[str]:
         head = self.views + ([self.shift_line] if self.shift_line else [])
+        if self.b.single:
+            return self.before + head + self.body
         return self.before + ["for sl in _chunks(xb):"] + _indent(head + self.body)
 
 
