@@ -60,7 +60,7 @@ def path(request, monkeypatch):
         if request.param == "large path":
             monkeypatch.setattr(module, "SMALL", 0)
         elif request.param == "one-chunk path" and hasattr(module, "_FLOAT64_UP_TO"):
-            monkeypatch.setattr(module, "_FLOAT64_UP_TO", 0)
+            monkeypatch.setattr(module, "_FLOAT64_UP_TO", dict.fromkeys(module._FLOAT64_UP_TO, 0))
         return module
 
     return prepare

@@ -4,9 +4,9 @@ Batch NC, forward_train (updating running statistics, as a training step does) t
 interleaved run by run (7 runs; each run many calls in a row, at least one); prints the medians and the median of
 the run-by-run ratios naive/symbn. The catalogue module in generated/ is the one timed. Up to the module's SMALL
 elements a third column, `kernels`, times the small path's own kernels and the running update with no check at all
-(the module's private `_small_forward` and `_small_backward`, outputs cast to the input's dtype): the difference is
-what the checks cost per call (every argument, aliasing, the guard that hands a failed float64 step to the exact
-path, shaping the outputs).
+(the module's private `_forward_small` and `_dx_train`: its float64 kernels up to `_FLOAT64_UP_TO` elements, its
+passes over the input as one chunk above): the difference is what the checks cost per call (every argument,
+aliasing, the guard that hands a failed step to the exact path, shaping the outputs).
 
     python docs/bench/numpy_sizes.py            # a few minutes
 """
@@ -23,7 +23,7 @@ from symbn.bench.harness import Staged
 from symbn.codegen.store import import_path
 from symbn.core.spec import preset
 
-SHAPES = ((4, 5), (32, 200), (64, 512), (256, 1024), (1024, 4096), (4096, 4096))
+SHAPES = ((4, 5), (32, 200), (64, 256), (64, 512), (256, 1024), (1024, 4096), (4096, 4096))
 
 
 def main() -> None:
@@ -47,11 +47,11 @@ def main() -> None:
 
             def kernels():
                 with np.errstate(all="ignore"):
-                    (mu, var, istd), y = m._small_forward(x, gamma, beta, m.EPS)
-                    y.astype(dtype)
+                    y, (mu, var, istd) = m._forward_small(x, gamma, beta, m.EPS, None)
                     m._update_running(*running[2], mu.reshape(-1), var.reshape(-1), x.shape[0], m.MOMENTUM)
-                    dx, grads = m._small_backward(dy, x, gamma, mu, istd, m.EPS)
-                return dx.astype(dtype), [g.astype(dtype) for g in grads]
+                    dx = np.empty_like(x)
+                    grads = m._dx_train(dy, x, gamma, [mu.reshape(-1), istd.reshape(-1)], m.EPS, dx)
+                return dx, [g.astype(dtype) for g in grads]
 
             running.append([np.zeros(shape[1], dtype), np.ones(shape[1], dtype)])
             calls = min(500, max(1, int(2e6 // x.size)))

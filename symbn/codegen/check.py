@@ -455,17 +455,29 @@ def eval_checks(module, data: dict) -> list[Result]:
 
 def run(module: types.ModuleType, seed: int = 0) -> list[Result]:
     """Finite differences (float64, relative error <= 1e-7), the Taylor slope, sum(dx) = 0 where it holds, and eval
-    mode (see eval_checks). A module with a small-input path (SMALL: its inputs here take it) is checked again with
-    its large path forced, so both are proven."""
+    mode (see eval_checks). A module with a small-input path (SMALL: its inputs here take it) is checked again on each
+    of its other paths forced (paths), so every one is proven."""
     results = _run(module, seed)
-    small = getattr(module, "SMALL", None)
-    if small is not None:
-        module.SMALL = 0
+    for label, name, value in paths(module):
+        kept = getattr(module, name)
+        setattr(module, name, value)
         try:
-            results += [dataclasses.replace(r, name=f"{r.name} (large path)") for r in _run(module, seed, False)]
+            results += [dataclasses.replace(r, name=f"{r.name} ({label})") for r in _run(module, seed, False)]
         finally:
-            module.SMALL = small
+            setattr(module, name, kept)
     return results
+
+
+def paths(module: types.ModuleType) -> list[tuple[str, str, object]]:
+    """The paths a module's small inputs do not take by themselves, as (label, the module attribute that forces it,
+    its value): the NumPy small path's passes over the input as one chunk (past _FLOAT64_UP_TO elements, per dtype)
+    and the large path (past SMALL)."""
+    forced = []
+    if hasattr(module, "_FLOAT64_UP_TO"):
+        forced.append(("one-chunk path", "_FLOAT64_UP_TO", dict.fromkeys(module._FLOAT64_UP_TO, 0)))
+    if hasattr(module, "SMALL"):
+        forced.append(("large path", "SMALL", 0))
+    return forced
 
 
 def _run(module: types.ModuleType, seed: int, double: bool = True) -> list[Result]:

@@ -165,7 +165,7 @@ class _NumpyBodies:
             if split:
                 loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split.totals)]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
-            loop.body += [self.param_add(s, f"{st.name}_c") for s, st in taken]
+            loop.body += [self.param_taken(s, st) for s, st in taken]
             for name, e in self.dr:
                 loop.statements([self.output(e, shifted, loop)], shifted, into=self.rows(name))
             loop.statements([self.output(dx, shifted, loop)], shifted, into=self.rows("dx"))
@@ -182,6 +182,13 @@ class _NumpyBodies:
         combined = [f"{s.name} = {self.code(total)}" for (s, _), total in zip(sums, split.totals)] if split else []
         combined += [f"{s.name} = np.add.reduce({st.name}, axis=_NONPARAM)" for s, st in taken]
         return out + loop.lines() + combined + self.map_pass("dx", dx, [], shifted, self.dr)
+
+    def param_taken(self, s, st) -> str:
+        """A parameter gradient that is the statistic's sum *st* added up over the blocks the parameters do not span:
+        that sum as it is, when the input is taken whole and each of those blocks is reduced (one value per set)."""
+        if self.single and all(b.reduced for b in self.p.blocks if not b.param):
+            return f"{s.name} = {st.name}_c"
+        return self.param_add(s, f"{st.name}_c")
 
     def param_accumulators(self, param_sums) -> list[str]:
         return [] if self.single else [f"{s.name} = _pstat(xb)" for s, _ in param_sums]
