@@ -17,10 +17,7 @@ from symbn.core.symbols import BETA, DY, GAMMA, R, X
 
 def statements(lw: Lowering) -> dict:
     ctx = _NumpyBodies(lw).context()
-    one = _NumpyBodies(lw, single=True)
-    ctx["one"] = dict(forward=one.forward(), backward=one.backward(lw.plan.sums, lw.plan.dx, lw.plan.param_sums,
-                                                                   lw.plan.saved))
-    ctx["one"]["uses"] = {name: sorted(reads(lines)) for name, lines in ctx["one"].items()}
+    ctx["one"] = _NumpyBodies(lw, single=True).context()
     return ctx
 
 
