@@ -17,7 +17,8 @@ from symbn.core.symbols import BETA, DY, GAMMA, R, X
 
 def statements(lw: Lowering) -> dict:
     ctx = _NumpyBodies(lw).context()
-    ctx["one"] = _NumpyBodies(lw, single=True).context()
+    # the small path's passes over the input as one chunk (a fused epilogue has no small path yet)
+    ctx["one"] = None if lw.plan.epilogue else _NumpyBodies(lw, single=True).context()
     return ctx
 
 
