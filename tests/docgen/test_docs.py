@@ -305,4 +305,5 @@ def test_section_5_has_running_statistics_only_where_the_spec_keeps_them(rendere
         assert "do not span the batch axis 0" in section and "depend on the batch" in section
         assert ("track_running_stats=True" in section) == (spec.preset == "instance")
         assert "**running statistics**: none" in md
-        assert md.count("eval: forward\\_eval = training's y") == 4  # both backends, both paths
+        # every path of both backends: Numba small and large, NumPy small, one-chunk and large
+        assert md.count("eval: forward\\_eval = training's y") == 5
