@@ -6,13 +6,15 @@ symbn.codegen.elementwise."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import sympy
 
-from symbn.codegen.elementwise import SHIFT, Elementwise
-from symbn.codegen.printers import numpy_code, reads
+from symbn.codegen.elementwise import SHIFT, XS, Elementwise
+from symbn.codegen.printers import cse, numpy_code, reads
 from symbn.codegen.lowering import Lowering
 from symbn.codegen.reductions import Moments
-from symbn.core.symbols import BETA, DY, GAMMA, R, X
+from symbn.core.symbols import BETA, DY, GAMMA, M, R, X
 
 
 def statements(lw: Lowering) -> dict:
@@ -87,10 +89,18 @@ class _NumpyBodies:
             outs = [s.name for s in p.train_out]
             loop = self.loop([s.expr for s in p.train_steps] + [p.y], shifted=False,
                              computed={s.symbol for s in p.train_steps} | {SHIFT})
-            shifted = False
+            shifted, powers = False, set()
             for s in p.train_steps:
                 if not s.reduce:
-                    loop.body.append(f"{s.symbol.name}_c = {self.code(s.expr)}")
+                    loop.body.append(_Value(f"{s.symbol.name}_c", s.expr))
+                    continue
+                about = self.about_shift(s.expr, s.denominator) if shifted else None
+                if about is not None:
+                    needed, total = about
+                    loop.body += [f"p{k}_c = np.add.reduce({'*'.join(['xs'] * k)}, {red})"
+                                  for k in needed if k not in powers]
+                    powers |= set(needed)
+                    loop.body.append(_Value(f"{s.symbol.name}_c", total))
                     continue
                 value = f"np.add.reduce({loop.statements([s.expr], shifted)[0]}, {red})"
                 if s.denominator != 1:
@@ -98,7 +108,7 @@ class _NumpyBodies:
                 loop.body.append(f"{s.symbol.name}_c = {value}")
                 if s.symbol == self.mean:  # the chunk holds the whole statistic: shift by it from here on
                     loop.body += [f"shift_c = _cast({s.symbol.name}_c, xb)", "xs = xc - shift_c"]
-                    shifted = True
+                    shifted = s.denominator == M  # then sum(xs) is M*(mean - shift)
             loop.statements([self.output(p.y, shifted, loop)], shifted, into=self.rows("y"))
             loop.body += [f"{self.rows(s)} = {s}_c" for s in outs]
             return ([] if self.single else [f"{s} = _stat(xb)" for s in outs]) + loop.lines()
@@ -119,6 +129,28 @@ class _NumpyBodies:
                 out.append(f"shift = _cast({name}, xb)")
                 shifted = True
         return out + self.map_pass("y", p.y, [], shifted)
+
+    def about_shift(self, summand: sympy.Expr, denominator: sympy.Expr):
+        """A reduction of a polynomial in x, once the chunk holds the whole statistic and x is shifted by its mean: its
+        value (total over *denominator*) from sums of powers of xs, with sum(xs) = M*(mean - shift) known (the variance
+        is sum(xs**2)/M - (mean - shift)**2, with no pass forming x - mean). Returns (the powers of xs to sum, the value
+        in their sums p2_c, p3_c, ...), or None where the summand is not such a polynomial. mean - shift is below the
+        dtype's rounding of the mean, so the terms it enters cancel nothing."""
+        e = sympy.expand(summand.xreplace(self.coordinates).xreplace({X: XS + SHIFT}))
+        if e.free_symbols & {X, DY, R, GAMMA, BETA}:
+            return None
+        try:
+            poly = sympy.Poly(e, XS)
+        except sympy.PolynomialError:
+            return None
+        if poly.degree() < 2:
+            return None
+        d = sympy.Dummy("d")
+        sums = {0: M, 1: M * d}
+        total = sum((c.xreplace({SHIFT: self.mean - d}) * sums.get(k, sympy.Symbol(f"p{k}_c", real=True))
+                     for (k,), c in poly.terms()), sympy.Integer(0))
+        value = sympy.expand(total / denominator).xreplace({d: sympy.Add(self.mean, -SHIFT, evaluate=False)})
+        return sorted(k for (k,), _ in poly.terms() if k > 1), value
 
     def forward_moments(self, power_sums: Moments) -> list[str]:
         """Statistics spanning the chunks, from one pass of power sums of d = x - x0 (symbn.codegen.reductions.moments);
@@ -161,7 +193,7 @@ class _NumpyBodies:
             codes = loop.statements(exprs, shifted)
             loop.body += [f"{s.name} = np.add.reduce({c}, {red})" for (s, _), c in zip(summed, codes)]
             if split:
-                loop.body += [f"{s.name}_c = {self.code(total)}" for (s, _), total in zip(sums, split.totals)]
+                loop.body += [_Value(f"{s.name}_c", total) for (s, _), total in zip(sums, split.totals)]
             loop.body += [self.param_add(s, c) for (s, _), c in zip(rest, codes[len(summed):])]
             loop.body += [self.param_taken(s, st) for s, st in taken]
             for name, e in self.dr:
@@ -222,9 +254,8 @@ class _Loop:
         if e not in self.known:
             k = sympy.Symbol(f"k{len(self.known)}", real=True)
             self.known[e] = k
-            line = f"{k} = _cast({self.b.code(e)}, xb)"
             inside = e.free_symbols & self.b.sliced
-            (self.body if inside else self.before).append(line)
+            (self.body if inside else self.before).append(_Value(k.name, e, cast=True))
         return self.known[e]
 
     def statements(self, exprs, shifted: bool, into: str | None = None) -> list[str]:
@@ -245,9 +276,60 @@ class _Loop:
 
     def lines(self) -> list[str]:
         head = self.views + ([self.shift_line] if self.shift_line else [])
+        before, body = _printed([self.before, self.body], self.b.code, self.b.ew.klass)
         if self.b.single:
-            return self.before + head + self.body
-        return self.before + ["for sl in _chunks(xb):"] + _indent(head + self.body)
+            return before + head + body
+        return before + ["for sl in _chunks(xb):"] + _indent(head + body)
+
+
+class _Value(NamedTuple):
+    """A line of a function body that assigns a per-statistic or per-parameter value (float64, cast to the input's
+    dtype where *cast*): kept as an expression until the body is printed, so that values share their common parts."""
+
+    name: str
+    expr: sympy.Expr
+    cast: bool = False
+
+
+def _printed(parts: list[list], code, varies) -> list[list[str]]:
+    """*parts* (lists of lines and _Values, in the order they run) as lines: the values' common subexpressions each
+    computed once, as v0, v1, ..., just before the first value that needs it. On small inputs each NumPy operation on
+    a per-statistic array costs about a microsecond whatever its size, and the coefficients of a backward share most
+    of their factors (gamma*istd, mu - shift). Shared scalars (1/M) stay inline, where they cost nothing and round
+    once; *varies* tells them from the arrays."""
+    values = [v for part in parts for v in part if isinstance(v, _Value)]
+    replacements, reduced = cse([v.expr for v in values], prefix="v")
+    inline: dict = {}
+    for t, e in replacements:  # in order: a later one may read an earlier one
+        e = e.xreplace(inline)
+        if not varies(e):
+            inline[t] = e
+    kept = [t for t, _ in replacements if t not in inline]
+    inline.update(zip(kept, [t for t, _ in replacements]))  # renumbered from v0 (every name was free for cse)
+    temps = {inline[t]: e.xreplace(inline) for t, e in replacements if t in kept}
+    reduced = [e.xreplace(inline) for e in reduced]
+    done: set = set()
+    printed = dict(zip(map(id, values), reduced))
+
+    def needed(e, lines):
+        for t in sorted(e.free_symbols & temps.keys(), key=lambda t: int(t.name[1:])):
+            if t not in done:
+                needed(temps[t], lines)
+                lines.append(f"{t} = {code(temps[t])}")
+                done.add(t)
+
+    out = []
+    for part in parts:
+        lines: list[str] = []
+        for item in part:
+            if not isinstance(item, _Value):
+                lines.append(item)
+                continue
+            e = printed[id(item)]
+            needed(e, lines)
+            lines.append(f"{item.name} = _cast({code(e)}, xb)" if item.cast else f"{item.name} = {code(e)}")
+        out.append(lines)
+    return out
 
 
 def _in_place(dest: str, e: sympy.Expr, code, varies) -> list[str]:

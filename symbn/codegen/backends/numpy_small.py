@@ -41,7 +41,8 @@ def small(lw: Lowering) -> dict:
     blocks = p.blocks
     ctx.update(
         count_xb=" * ".join(f"xb.shape[{i}]" for i, b in enumerate(blocks) if b.reduced),
-        param_view=_view(blocks, lambda b: b.param), stat_view=_view(blocks, lambda b: not b.reduced))
+        param_view=_view(blocks, lambda b: b.param), stat_view=_view(blocks, lambda b: not b.reduced),
+        one_param_view=_view(blocks, lambda b: b.param, always=True))
     ctx["uses"] = {name: sorted(reads(*parts)) for name, parts in (
         ("train", (train, train_y)), ("eval", (ctx["y"],)),
         ("small_backward", (backward, ctx["dx"], grads)), ("small_backward_eval", (eval_backward,)))}
@@ -75,14 +76,17 @@ def _shared_steps(steps, y, code, arrays):
     return lines, code(reduced[-1])
 
 
-def _view(blocks, spans) -> str | None:
+def _view(blocks, spans, always: bool = False) -> str | None:
     """The shape that broadcasts an array over the blocks it *spans* against the block view, as code in xb.shape;
     None where its own shape (a parameter's, or a statistic's as the quick path or the full checks give it) already
-    does: one block of one axis, the last. None too where it spans none (a spec without parameters)."""
+    does: one block of one axis, the last (*always*: that shape with the leading ones too). None too where it spans
+    none (a spec without parameters)."""
     first = next((i for i, b in enumerate(blocks) if spans(b)), None)
     if first is None:  # no parameters
         return None
     rest = blocks[first:]
-    if len(rest) == 1 and len(rest[0].axes) == 1 and not rest[0].split:
+    if always:
+        first, rest = 0, blocks
+    elif len(rest) == 1 and len(rest[0].axes) == 1 and not rest[0].split:
         return None
     return "(" + "".join(f"xb.shape[{first + i}], " if spans(b) else "1, " for i, b in enumerate(rest)) + ")"
