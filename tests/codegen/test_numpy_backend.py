@@ -70,6 +70,22 @@ def test_printed_values_share_their_common_parts_and_give_what_evaluating_gives(
         np.testing.assert_allclose(env[name], value, rtol=1e-6 if name.startswith("k") else 1e-14)
 
 
+def test_a_shared_part_made_from_another_stays_an_array():
+    """2*gamma*istd/M in two values: CSE names gamma*istd, then 2*v/M, which reads no statistic itself but is an array
+    made from one; inlined as a scalar, it once read a name that the renumbering had given to another part."""
+    from symbn.codegen.backends.numpy import _printed, _Value
+
+    a, b = sympy.symbols("a b", real=True)
+    values = [_Value("k0", 2 / M), _Value("k1", 2 * q / M), _Value("k2", gamma * istd * a),
+              _Value("k3", 2 * gamma * istd / M + a), _Value("k4", 2 * gamma * istd / M + b)]
+    (lines,) = _printed([values], lambda e: numpy_code(e, {}), lambda e: bool(e.free_symbols & {gamma, istd, a, b, q}))
+    rng = np.random.default_rng(2)
+    env = {"np": np, "M": 5, **{s.name: rng.normal(size=(1, 3)) for s in (gamma, istd, a, b, q)}}
+    exec("\n".join(lines), env)
+    for v in values:
+        np.testing.assert_allclose(env[v.name], eval(numpy_code(v.expr, {}), dict(env)), rtol=1e-14)
+
+
 @pytest.mark.parametrize("power", [2, 3, 4])
 def test_reductions_about_the_shift_give_the_central_moments(power):
     """The whole-chunk forward sums powers of xs = x - shift and corrects by mean - shift (sum(xs) known from the

@@ -300,11 +300,13 @@ def _printed(parts: list[list], code, varies) -> list[list[str]]:
     values = [v for part in parts for v in part if isinstance(v, _Value)]
     replacements, reduced = cse([v.expr for v in values], prefix="v")
     inline: dict = {}
+    kept: list = []
     for t, e in replacements:  # in order: a later one may read an earlier one
         e = e.xreplace(inline)
-        if not varies(e):
+        if varies(e) or e.free_symbols & set(kept):  # an array, or made from one (2*v0/M)
+            kept.append(t)
+        else:
             inline[t] = e
-    kept = [t for t, _ in replacements if t not in inline]
     inline.update(zip(kept, [t for t, _ in replacements]))  # renumbered from v0 (every name was free for cse)
     temps = {inline[t]: e.xreplace(inline) for t, e in replacements if t in kept}
     reduced = [e.xreplace(inline) for e in reduced]
