@@ -1,4 +1,5 @@
-"""symbn.codegen.backends.numpy: outputs written into their rows by in-place ufuncs give what evaluating the expression gives."""
+"""symbn.codegen.backends.numpy: outputs written into their rows by in-place ufuncs, values fixed per statistic printed
+with their common parts once, and reductions taken about the shift all give what evaluating their expressions gives."""
 
 import re
 
