@@ -111,6 +111,35 @@ def cse(exprs: list[sympy.Expr], prefix: str = "c") -> tuple[list[tuple[sympy.Sy
     return replacements, reduced
 
 
+def kept_cse(exprs: list[sympy.Expr], keep, prefix: str) -> tuple[dict[sympy.Symbol, sympy.Expr], list[sympy.Expr]]:
+    """cse() where only the parts *keep* accepts, and those made from a kept part, get a name: the others stay inline
+    in what reads them (a scalar such as 1/M, which costs nothing and rounds once inline). The kept parts, in order and
+    renumbered from prefix0 (every name was free for cse), and the expressions in terms of them."""
+    replacements, reduced = cse(exprs, prefix)
+    inline: dict = {}
+    kept: list = []
+    for t, e in replacements:  # in order: a later part may read an earlier one
+        e = e.xreplace(inline)
+        if keep(e) or e.free_symbols & set(kept):
+            kept.append(t)
+        else:
+            inline[t] = e
+    rename = dict(zip(kept, [t for t, _ in replacements]))
+    parts = {rename[t]: e.xreplace(inline).xreplace(rename) for t, e in replacements if t in rename}
+    return parts, [e.xreplace(inline).xreplace(rename) for e in reduced]
+
+
+def needed_first(e: sympy.Expr, parts: dict, done: set) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+    """The parts *e* reads that are not *done* yet, each after the parts it reads in turn (marked done)."""
+    out = []
+    for t, pe in parts.items():
+        if t in e.free_symbols and t not in done:
+            out += needed_first(pe, parts, done)
+            done.add(t)
+            out.append((t, pe))
+    return out
+
+
 _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 
 

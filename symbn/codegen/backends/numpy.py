@@ -11,7 +11,7 @@ from typing import NamedTuple
 import sympy
 
 from symbn.codegen.elementwise import SHIFT, XS, Elementwise
-from symbn.codegen.printers import cse, numpy_code, reads
+from symbn.codegen.printers import kept_cse, needed_first, numpy_code, reads
 from symbn.codegen.lowering import Lowering
 from symbn.codegen.reductions import Moments
 from symbn.core.symbols import BETA, DY, GAMMA, M, R, X
@@ -298,28 +298,9 @@ def _printed(parts: list[list], code, varies) -> list[list[str]]:
     of their factors (gamma*istd, mu - shift). Shared scalars (1/M) stay inline, where they cost nothing and round
     once; *varies* tells them from the arrays."""
     values = [v for part in parts for v in part if isinstance(v, _Value)]
-    replacements, reduced = cse([v.expr for v in values], prefix="v")
-    inline: dict = {}
-    kept: list = []
-    for t, e in replacements:  # in order: a later one may read an earlier one
-        e = e.xreplace(inline)
-        if varies(e) or e.free_symbols & set(kept):  # an array, or made from one (2*v0/M)
-            kept.append(t)
-        else:
-            inline[t] = e
-    inline.update(zip(kept, [t for t, _ in replacements]))  # renumbered from v0 (every name was free for cse)
-    temps = {inline[t]: e.xreplace(inline) for t, e in replacements if t in kept}
-    reduced = [e.xreplace(inline) for e in reduced]
+    temps, reduced = kept_cse([v.expr for v in values], varies, "v")
     done: set = set()
     printed = dict(zip(map(id, values), reduced))
-
-    def needed(e, lines):
-        for t in sorted(e.free_symbols & temps.keys(), key=lambda t: int(t.name[1:])):
-            if t not in done:
-                needed(temps[t], lines)
-                lines.append(f"{t} = {code(temps[t])}")
-                done.add(t)
-
     out = []
     for part in parts:
         lines: list[str] = []
@@ -328,7 +309,7 @@ def _printed(parts: list[list], code, varies) -> list[list[str]]:
                 lines.append(item)
                 continue
             e = printed[id(item)]
-            needed(e, lines)
+            lines += [f"{t} = {code(te)}" for t, te in needed_first(e, temps, done)]
             lines.append(f"{item.name} = _cast({code(e)}, xb)" if item.cast else f"{item.name} = {code(e)}")
         out.append(lines)
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from symbn.codegen.backends.quick import checks
 from symbn.codegen.lowering import Lowering
-from symbn.codegen.printers import cse, large, numpy_code, reads
+from symbn.codegen.printers import kept_cse, large, needed_first, numpy_code, reads
 from symbn.core.symbols import DY, X, psum, rsum
 
 _NAMES = {X: "xb", DY: "dyb"}
@@ -52,27 +52,12 @@ def small(lw: Lowering) -> dict:
 def _shared_steps(steps, y, code, arrays):
     """The training forward's lines and y, a large array they share (x - mu) computed once: each goes just before
     the first step that reads it. Shared scalars and statistics stay inline (1/M once would round twice)."""
-    shared, reduced = cse([e for _, e in steps] + [y], prefix="t")
-    inline = {c: ce for c, ce in shared if not large(ce, arrays)}
-    for c in reversed(list(inline)):  # later ones may read earlier ones
-        inline = {k: v.xreplace({c: inline[c]}) for k, v in inline.items()}
-    kept = [c for c, _ in shared if c not in inline]
-    inline.update(zip(kept, [c for c, _ in shared]))  # renumbered from t0 (every name was free for cse)
-    shared = [(inline[c], ce.xreplace(inline)) for c, ce in shared if c in kept]
-    reduced = [e.xreplace(inline) for e in reduced]
+    shared, reduced = kept_cse([e for _, e in steps] + [y], lambda e: large(e, arrays), "t")
     lines, done = [], set()
-
-    def needs(e):
-        for c, ce in shared:
-            if c in e.free_symbols and c not in done:
-                needs(ce)
-                done.add(c)
-                lines.append((c.name, code(ce)))
-
     for (symbol, _), e in zip(steps, reduced):
-        needs(e)
+        lines += [(t.name, code(te)) for t, te in needed_first(e, shared, done)]
         lines.append((symbol.name, code(e)))
-    needs(reduced[-1])
+    lines += [(t.name, code(te)) for t, te in needed_first(reduced[-1], shared, done)]
     return lines, code(reduced[-1])
 
 
