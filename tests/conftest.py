@@ -53,14 +53,15 @@ def one_thread():
 @pytest.fixture(params=("small path", "one-chunk path", "large path"))
 def path(request, monkeypatch):
     """The paths of a generated module: as the test's inputs are (inputs up to the module's SMALL elements take the
-    small path), the NumPy small path's passes over the input as one chunk (_FLOAT64_UP_TO = 0; the Numba modules
-    have no such path and take their small one) and the large path forced (SMALL = 0). Returns what prepares a module
-    for the current one."""
+    small path), the NumPy small path's passes over the input as one chunk (the Numba modules have no such path and
+    take their small one) and the large path, each forced as `symbn check` forces it (symbn.codegen.check.paths).
+    Returns what prepares a module for the current one."""
+    from symbn.codegen.check import paths
+
     def prepare(module):
-        if request.param == "large path":
-            monkeypatch.setattr(module, "SMALL", 0)
-        elif request.param == "one-chunk path" and hasattr(module, "_FLOAT64_UP_TO"):
-            monkeypatch.setattr(module, "_FLOAT64_UP_TO", dict.fromkeys(module._FLOAT64_UP_TO, 0))
+        for label, name, value in paths(module):
+            if label == request.param:
+                monkeypatch.setattr(module, name, value)
         return module
 
     return prepare
