@@ -176,8 +176,8 @@ _INTRO = {
            "where there are no running statistics, `forward_eval` equal to `forward_train`'s $y$. These inputs are "
            "small, so the module takes its small-input path; the rows marked (large path) repeat the checks with "
            "the large path forced, and for the NumPy module those marked (one-chunk path) with its small path's "
-           "passes over the input as one chunk, which inputs past a few thousand elements take. The measured values vary in their last digits with the CPU and Numba's thread "
-           "count."),
+           "passes over the input as one chunk, which inputs past a few thousand elements take. The measured values "
+           "vary in their last digits with the CPU and Numba's thread count."),
 }
 
 
