@@ -16,7 +16,8 @@ Runs are interleaved round by round, so each PyTorch run has a partner run of ev
 nearly the same moment; speed-ups are medians of those pairwise ratios. Every timed run starts with cold caches
 (bandwidth.ColdCache), so no implementation inherits the inputs its predecessor left in cache. The machine's
 streaming bandwidth is measured in the same process (symbn.bench.bandwidth) and every kernel is also reported as GB/s over
-the least bytes its pass must move. Tables, the JSON file and the chart are in symbn.bench.report.
+the least bytes its pass must move, as a fraction of the bound measured right before that case (the run's first
+measurement is kept beside it). Tables, the JSON file and the chart are in symbn.bench.report.
 """
 
 from __future__ import annotations
@@ -442,6 +443,7 @@ def measure_case(case: Case, dtype: str, repeat: int, smoke: bool, bound: float,
                    "times_s": ts, "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                    "min_bytes": nbytes, "max_rel_diff_vs_naive": _rel_diff(outs[name], outs[reference])}
             row["gbps"] = nbytes / row["median_s"] / 1e9
+            row["bound_gbps"] = bound
             row["fraction_of_bound"] = row["gbps"] / bound
             if "torch" in times:
                 ratios = [t / u for t, u in zip(times["torch"], ts)]
@@ -475,13 +477,19 @@ def run(cases=None, dtypes=DTYPES, repeat: int = 10, threads: int | None = None,
     if torch is not None:
         torch.set_num_threads(threads)
     busy_before = bandwidth.cpu_seconds()
-    bw = bandwidth.measure(threads, mib=8 if smoke else 256, repeat=1 if smoke else 5)
+
+    def bound():
+        return bandwidth.measure(threads, mib=8 if smoke else 256, repeat=1 if smoke else 5)
+
+    bw = bound()
     results, cold = [], bandwidth.ColdCache()
     for case in chosen:
         for dtype in dtypes:
             if progress:
                 progress(f"{case.name} {dtype}")
-            results += measure_case(case, dtype, repeat, smoke, bw["bound_gbps"], torch, cold)
+            # measured again right before each case: this VM's streaming rate moves by 2x within minutes, and a
+            # bound taken at the start of a long run would describe another machine than the one the case ran on
+            results += measure_case(case, dtype, repeat, smoke, bound()["bound_gbps"], torch, cold)
             if not smoke:
                 gc.collect()  # the next case starts without this one's garbage (a collection costs ~0.2 s)
     info = bandwidth.machine(torch)

@@ -89,11 +89,16 @@ def test_smoke_run_writes_table_json_and_chart(tmp_path, capsys):
     for r in rows:
         assert r["min_s"] <= r["median_s"] <= r["max_s"] and len(r["times_s"]) == 1
         assert r["gbps"] > 0 and r["fraction_of_bound"] > 0 and r["first_call_s"] > 0
+        # the fraction is of the bound measured right before the row's case, one per case and dtype
+        assert r["fraction_of_bound"] == pytest.approx(r["gbps"] / r["bound_gbps"])
         assert r["max_rel_diff_vs_naive"] < TOL[r["dtype"]] * 10, r
         if "torch" in impls:
             assert r["speedup_vs_torch"]["min"] <= r["speedup_vs_torch"]["median"] <= r["speedup_vs_torch"]["max"]
         if r["impl"] == "symbn-numba":
             assert {"compiled", "loaded_from_cache"} <= set(r["jit"])
+    bounds = {(r["case"], r["dtype"]): r["bound_gbps"] for r in rows}
+    assert all(r["bound_gbps"] == bounds[r["case"], r["dtype"]] for r in rows)
+    assert all(f"bound {b:.1f} GB/s" in text for b in bounds.values())
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" if plot else not out_png.exists()
 
 
@@ -133,3 +138,20 @@ def test_sysfs_cache_sizes_parse(text, size):
 
 def test_cold_cache_buffer_is_twice_the_last_level_cache():
     assert bench.bandwidth.ColdCache().buffer.nbytes == 2 * bench.bandwidth.last_level_cache_bytes()
+
+
+def test_each_case_is_measured_against_the_bound_taken_right_before_it(monkeypatch):
+    # the streaming rate of a shared VM moves by 2x within minutes: a row's fraction is of its own case's bound
+    taken = []
+
+    def measure(threads, mib=256, repeat=5):
+        taken.append(float(len(taken) + 1))
+        return {"array_mib": mib, "repeat": repeat, "sum_1t_gbps": taken[-1], "bound_gbps": taken[-1]}
+
+    monkeypatch.setattr(bench.bandwidth, "measure", measure)
+    result = bench.run(cases=["small_4x5"], dtypes=("float32", "float64"), smoke=True)
+    assert result["bandwidth"]["bound_gbps"] == 1.0  # the run's first measurement, kept for the header
+    for r in result["results"]:
+        assert r["bound_gbps"] == {"float32": 2.0, "float64": 3.0}[r["dtype"]]
+        assert r["fraction_of_bound"] == pytest.approx(r["gbps"] / r["bound_gbps"])
+    assert taken == [1.0, 2.0, 3.0]
