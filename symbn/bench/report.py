@@ -159,6 +159,7 @@ def write_plot(result: dict, path: Path) -> None:
         return case + "\n" + "\u00d7".join(str(n) for n in shape)
 
     bounds = [_bound(r) for r in rows.values()] or [result["bandwidth"]["bound_gbps"]]
+    span = f"{min(bounds):.1f}" if max(bounds) - min(bounds) < 0.05 else f"{min(bounds):.1f}\u2013{max(bounds):.1f}"
     with plt.rc_context({"font.size": 13, "axes.titlesize": 15, "axes.labelsize": 13, "ytick.labelsize": 13,
                          "xtick.labelsize": 12, "legend.fontsize": 13}):
         fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(14, 1.6 + 0.8 * max(len(cases), 3)),
@@ -216,8 +217,7 @@ def write_plot(result: dict, path: Path) -> None:
         right.grid(axis="x", alpha=0.35, zorder=1)
         right.set_title("Fraction of the memory-bandwidth bound", pad=26)
         least = settings.get("bytes_model", {}).get(PLOT_PASS, "5*E*s").replace("*", "\u00b7")
-        span = f"{min(bounds):.1f}" if max(bounds) - min(bounds) < 0.05 else f"{min(bounds):.1f}-{max(bounds):.1f}"
-        right.set_xlabel(f"GB/s over the least bytes moved ({least}) / the case's bound ({span} GB/s)")
+        right.set_xlabel(f"GB/s over the least bytes moved ({least}) / the bound")
         right.tick_params(axis="y", left=False)
 
         left.set_yticks(y, [label(c) for c in cases])
@@ -229,7 +229,7 @@ def write_plot(result: dict, path: Path) -> None:
                  fontsize=17)
         fig.text(0.01, 1 - 0.48 * inch, f"{'SMOKE RUN (tiny sizes, not a measurement): ' if settings['smoke'] else ''}"
                  f"{m['cpu']}, {settings['threads']} threads, median of {settings['repeat']} cold-cache runs; "
-                 f"bound: streaming rate measured right before each case", ha="left", va="top", fontsize=12,
+                 f"bound: streaming rate measured right before each case ({span} GB/s)", ha="left", va="top", fontsize=12,
                  color="0.3")
         fig.legend(handles=[Patch(color=colors[d], label=d) for d in dtypes], loc="upper right", ncol=len(dtypes),
                    frameon=False, bbox_to_anchor=(0.99, 1 - 0.05 * inch))

@@ -155,3 +155,19 @@ def test_each_case_is_measured_against_the_bound_taken_right_before_it(monkeypat
         assert r["bound_gbps"] == {"float32": 2.0, "float64": 3.0}[r["dtype"]]
         assert r["fraction_of_bound"] == pytest.approx(r["gbps"] / r["bound_gbps"])
     assert taken == [1.0, 2.0, 3.0]
+
+
+def test_the_committed_run_agrees_with_its_json_and_the_docs():
+    # docs/bench/bench.txt is the terminal output of the run that wrote bench.json; the summary in docs/bench/README.md
+    # is copied from it: regenerating the tables from the JSON file must give the same text
+    from pathlib import Path
+
+    from symbn.bench import report
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "bench"
+    result = report.read_json(docs / "bench.json")
+    text = (docs / "bench.txt").read_text()
+    summary = report.summary_table(result)
+    assert report.header(result) in text and report.detail_table(result) in text and summary in text
+    table = summary[summary.index("case "):summary.index("times are medians")]
+    assert table in (docs / "README.md").read_text()
