@@ -1,22 +1,26 @@
 """Inference (forward_eval) of the NumPy backend against the naive staged formula, and against two hand-written floors
 with no checks at all, at the small sizes.
 
-Batch NC, per call, the four interleaved run by run (9 runs of many calls each); prints the medians in µs:
+Batch NC, per call, the five interleaved run by run (9 runs of many calls each); prints the medians in µs:
 
-- symbn: the catalogue module's forward_eval, as a user calls it;
+- symbn: the catalogue module's forward_eval, as a user calls it (the same parameters each call, as inference
+  makes them: its values per parameter set are computed once and kept);
+- symbn, new set: the same with a parameter set it has not kept at each call (gamma cycles through one more set
+  than the module keeps), so every call computes its coefficients;
 - naive: symbn.bench.harness.Staged.forward_eval, the textbook formula in the input's dtype;
-- f64 no checks: the small path's arithmetic (float64 copies, y = beta + gamma*istd*(x - mu), cast back);
-- shift no checks: the chunked path's arithmetic in the input's dtype (xs = x - shift with shift the mean rounded to
-  that dtype, y = xs*k0 + k1 with float64 coefficients cast).
+- f64 no checks: float64 copies, y = beta + gamma*istd*(x - mu), cast back;
+- shift no checks: the small path's arithmetic in the input's dtype (xs = x - shift with shift the mean rounded to
+  that dtype, y = xs*k0 + k1 with float64 coefficients cast), its coefficients computed at each call.
 
 The floors are batch norm's eval formula written out for this measurement only; they check nothing (no argument,
-no aliasing, no float64 step that fails), which is what the difference to `symbn` costs.
+no aliasing, no step that overflows), which is what the difference to `symbn, new set` costs.
 
     python docs/bench/numpy_inference.py            # about a minute
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -55,8 +59,10 @@ def main() -> None:
             x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
             gamma, beta = np.ones(shape[1], dtype), np.zeros(shape[1], dtype)
             mu, var = rng.normal(size=shape[1]).astype(dtype), rng.uniform(0.5, 2.0, shape[1]).astype(dtype)
+            sets = itertools.cycle([gamma + i for i in range(m._EVAL_KEEP + 1)])
             calls = {
                 "symbn": lambda: m.forward_eval(x, gamma, beta, mu, var),
+                "symbn, new set": lambda: m.forward_eval(x, next(sets), beta, mu, var),
                 "naive": lambda: naive.forward_eval(x, gamma, beta, running=(mu, var)),
                 "f64 no checks": lambda: f64_floor(x, gamma, beta, mu, var, m.EPS),
                 "shift no checks": lambda: shift_floor(x, gamma, beta, mu, var, m.EPS),

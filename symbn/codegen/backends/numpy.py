@@ -73,8 +73,32 @@ class _NumpyBodies:
         if p.eval_dx is not None:  # an eval backward of its own only where the spec keeps running statistics
             bodies["backward_eval"] = self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats)
         # the names each function body reads: its template leaves out M and marks eps unused where they are not
+        if self.single and p.eval_dx is not None:
+            bodies["eval_values"], bodies["eval_apply"], carried = self.eval_split()
         uses = {name: sorted(reads(lines)) for name, lines in bodies.items()}
-        return dict(whole=self.whole, first="x0 = _first(xb)" in forward, uses=uses, **bodies)
+        ctx = dict(whole=self.whole, first="x0 = _first(xb)" in forward, uses=uses, **bodies)
+        return ctx | (dict(eval_carried=carried) if "eval_values" in bodies else {})
+
+    def eval_split(self) -> tuple[list[str], list[str], list[str]]:
+        """forward_eval's pass over an input taken whole as two parts: the lines that compute what is fixed per
+        statistic and parameter (the values: coefficients, the shift), and the lines that apply them to x; and the
+        names the second reads from the first. Inference calls a module with the same parameters and running
+        statistics again and again: the small path keeps the values per parameter set."""
+        p = self.p
+        shifted = self.mean in p.eval_stats
+        loop = self.loop([p.y], shifted)
+        loop.statements([self.output(p.y, shifted, loop)], shifted, into="y")
+        values = [item for item in loop.body if isinstance(item, _Value)]
+        apply = [item for item in loop.body if not isinstance(item, _Value)]  # values never read the elementwise
+        before, values, apply = _printed([loop.before, values, apply], self.code, self.ew.klass)
+        if loop.shift is not None and not _shift_into(loop.shift, apply):
+            apply.insert(0, f"xs = xc - {loop.shift}")
+        elementwise = {n for n, _ in loop.pairs if n in ("xc", "dyc", "rc")}
+        head = [f"{n} = {v}" for n, v in loop.pairs if n not in elementwise]
+        values = self.shift(p.eval_stats) + head + before + values
+        defined = {line.split(" = ", 1)[0] for line in values if " = " in line}
+        carried = sorted(reads(apply) & defined)
+        return values, [f"{n} = {v}" for n, v in loop.pairs if n in elementwise] + apply, carried
 
     def step_code(self, s) -> str:
         """A statistic from its step: a reduction's total over its denominator, or a scalar formula."""
@@ -247,6 +271,7 @@ class _Loop:
         chunked = (used | ({SHIFT} if shifted and X in used else set())) & bodies.sliced - computed
         pairs += [(bodies.names[s], s.name if bodies.single else f"_part({s.name}, sl)")
                   for s in sorted(chunked, key=str) if s not in bodies.coordinates]
+        self.pairs = pairs
         self.views = [", ".join(n for n, _ in pairs) + " = " + ", ".join(v for _, v in pairs)] if pairs else []
         self.shift = bodies.names.get(SHIFT, "shift") if shifted and X in used else None
         self.coordinates_done: set = set()

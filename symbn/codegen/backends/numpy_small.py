@@ -34,7 +34,7 @@ def small(lw: Lowering) -> dict:
         eval_backward = dict(lines=[(c.name, code(e)) for c, e in p.coordinates], dx=code(p.eval_dx),
                              grads=[code(psum(e)) for _, e in p.eval_param_sums])
     ctx = checks(p) | dict(
-        train=train, train_y=train_y, y=code(p.y), eval_steps=[(s.symbol.name, code(s.expr)) for s in p.eval_steps],
+        train=train, train_y=train_y, eval_steps=[(s.symbol.name, code(s.expr)) for s in p.eval_steps],
         backward=backward, dx=code(p.dx), grads=grads, eval_backward=eval_backward,
     )
     # the names each function reads: its template leaves out M and marks eps unused where they are not read
@@ -42,9 +42,11 @@ def small(lw: Lowering) -> dict:
     ctx.update(
         count_xb=" * ".join(f"xb.shape[{i}]" for i, b in enumerate(blocks) if b.reduced),
         param_view=_view(blocks, lambda b: b.param), stat_view=_view(blocks, lambda b: not b.reduced),
-        one_param_view=_view(blocks, lambda b: b.param, always=True))
+        one_param_view=_view(blocks, lambda b: b.param, always=True),
+        # the block sizes eval mode's values span (the statistics' and the parameters'), in their cache key
+        eval_key_shape="".join(f"xb.shape[{i}], " for i, b in enumerate(blocks) if b.param or not b.reduced))
     ctx["uses"] = {name: sorted(reads(*parts)) for name, parts in (
-        ("train", (train, train_y)), ("eval", (ctx["y"],)),
+        ("train", (train, train_y)),
         ("small_backward", (backward, ctx["dx"], grads)), ("small_backward_eval", (eval_backward,)))}
     return ctx
 
