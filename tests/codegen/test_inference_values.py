@@ -112,3 +112,20 @@ def test_what_is_kept_stays_bounded(counted):
     y = m.forward_eval(*wide)
     assert list(m._eval_kept) == kept and len(counted.made) == made + 2
     np.testing.assert_allclose(y, _formula(*wide, m.EPS, 1), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_input_whose_steps_overflow_gives_what_the_large_path_gives(counted, monkeypatch, dtype):
+    """float32: the small path's guard hands the call to the large path, which computes in float64 (finite where
+    float32 steps overflowed). float64: no guard, as the large path has no wider arithmetic; the same values."""
+    m = counted("batch_nc")
+    x, (gamma, beta), running = _arguments(m, dtype)
+    big = 1e30 if dtype == np.float32 else 1e300
+    gamma = (gamma * big).astype(dtype)
+    x = (x * 1e7 if dtype == np.float32 else x * 1e10).astype(dtype)
+    with np.errstate(all="ignore"):
+        small = m.forward_eval(x, gamma, beta, *running)
+        monkeypatch.setattr(m, "SMALL", 0)
+        large = m.forward_eval(x, gamma, beta, *running)
+    np.testing.assert_array_equal(small, large)
+    assert np.isinf(small).any() == (dtype == np.float64)
