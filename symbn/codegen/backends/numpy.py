@@ -67,14 +67,14 @@ class _NumpyBodies:
     def context(self) -> dict:
         p = self.p
         forward = self.forward()
-        bodies = dict(forward=forward,
-                      forward_eval=self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats),
-                      backward=self.backward(p.sums, p.dx, p.param_sums, p.saved))
+        bodies = dict(forward=forward, backward=self.backward(p.sums, p.dx, p.param_sums, p.saved))
         if p.eval_dx is not None:  # an eval backward of its own only where the spec keeps running statistics
             bodies["backward_eval"] = self.backward((), p.eval_dx, p.eval_param_sums, p.eval_stats)
-        # the names each function body reads: its template leaves out M and marks eps unused where they are not
-        if self.single and p.eval_dx is not None:
+        if not self.single:
+            bodies["forward_eval"] = self.shift(p.eval_stats) + self.map_pass("y", p.y, [], self.mean in p.eval_stats)
+        elif p.eval_dx is not None:  # taken whole, inference is two functions (its values kept per parameter set)
             bodies["eval_values"], bodies["eval_apply"], carried = self.eval_split()
+        # the names each function body reads: its template leaves out M and marks eps unused where they are not
         uses = {name: sorted(reads(lines)) for name, lines in bodies.items()}
         ctx = dict(whole=self.whole, first="x0 = _first(xb)" in forward, uses=uses, **bodies)
         return ctx | (dict(eval_carried=carried) if "eval_values" in bodies else {})
