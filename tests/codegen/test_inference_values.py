@@ -129,3 +129,24 @@ def test_an_input_whose_steps_overflow_gives_what_the_large_path_gives(counted, 
         large = m.forward_eval(x, gamma, beta, *running)
     np.testing.assert_array_equal(small, large)
     assert np.isinf(small).any() == (dtype == np.float64)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_call_that_takes_the_full_checks_keeps_nothing(counted, name):
+    """Mixed dtypes and a strided input take the full checks, which hand over new parameter arrays on every call: a
+    set kept for them would never be found again. They compute their values and leave the kept sets as they were."""
+    m = counted(name)
+    x, params, running = _arguments(m)
+    m.forward_eval(x, *params, *running)
+    kept = dict(m._eval_kept)
+    assert len(kept) == 1
+    narrow = [a.astype(np.float32) for a in running]
+    strided = np.repeat(x, 2, axis=0)[::2]
+    assert not strided.flags.c_contiguous
+    for _ in range(3):
+        mixed = m.forward_eval(x, *params, *narrow)
+        view = m.forward_eval(strided, *params, *running)
+    assert m._eval_kept == kept and len(counted.made) == 1 + 6
+    np.testing.assert_allclose(mixed, _formula(x, *params, *narrow, m.EPS, m.CHANNEL_AXIS), rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(view, m.forward_eval(x, *params, *running))
+    assert len(counted.made) == 1 + 6  # the quick path's set is still there
