@@ -10,8 +10,9 @@ per call, three versions interleaved run by run (15 runs of 300 calls):
   everything after them runs as in the module (a copy written to a temporary directory; an experiment, not a kernel
   symbn emits).
 
-Then the error of each version's batch mean and dgamma against a float64 computation of the same formula, over the
-largest value: what the float64 sums buy.
+Then the error of each version's batch mean, y, dx and dgamma against the staged formula computed in float64, over
+the largest value, for x as drawn (mean 0.5) and moved to mean 1000 (spread 2): what the float64 sums buy. Where
+PyTorch is installed, its batch_norm's y, dx and dgamma are among them.
 
     python docs/bench/accumulation.py            # about a minute
 """
@@ -25,11 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import torch
+except ImportError:  # optional: the PyTorch column of the errors
+    torch = None
+
 from symbn.bench.harness import Staged
 from symbn.codegen.store import import_path
 from symbn.core.spec import preset
 
 SHAPES = ((32, 200), (64, 512))
+# x as drawn (mean 0.5), and far from 0 beside its spread, as activations after a shift can be
+OFFSETS = (0.5, 1000.0)
 GENERATED = Path(__file__).resolve().parents[2] / "generated" / "batch_nc_numpy.py"
 
 
@@ -89,17 +97,30 @@ def main(runs: int = 15, calls: int = 300) -> None:
                 print(f"{shape} float32 {kind}: " + ", ".join(f"{n} {v:.1f} us" for n, v in med.items())
                       + f"; naive/symbn {med['naive'] / med['symbn']:.2f}x, naive/float32 sums "
                       f"{med['naive'] / med['float32 sums']:.2f}x", flush=True)
-            x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
-            mean = x64.mean(axis=0)
-            xhat = (x64 - mean) / np.sqrt(x64.var(axis=0) + m.EPS)
-            dgamma = (dy64 * xhat).sum(axis=0)
-            errors = {"naive": (x.mean(axis=0), naive.backward(dy, cache)[1])}
-            for name, mod in (("symbn", m), ("float32 sums", m32)):
-                _, mu, istd = mod.forward_train(x, gamma, beta)
-                errors[name] = (mu, mod.backward(dy, x, gamma, mu, istd)[1])
-            print(f"{shape} float32, error over the largest value against float64: "
-                  + ", ".join(f"{n} mean {_rel(e[0], mean):.1e} dgamma {_rel(e[1], dgamma):.1e}"
-                              for n, e in errors.items()), flush=True)
+            for offset in OFFSETS:
+                print(f"{shape} float32, x = {offset} + 2 N(0, 1), error over the largest value against float64: "
+                      + _errors(naive, {"symbn": m, "float32 sums": m32}, x - x.mean() + np.float32(offset), dy,
+                                gamma, beta), flush=True)
+
+
+def _errors(naive, modules, x, dy, gamma, beta) -> str:
+    """Each version's batch mean, y, dx and dgamma against the staged formula computed in float64."""
+    wide = [a.astype(np.float64) for a in (x, dy, gamma, beta)]
+    y, cache = naive.forward_train(wide[0], *wide[2:])
+    reference = (wide[0].mean(axis=0), y, *naive.backward(wide[1], cache)[:2])
+    y, cache = naive.forward_train(x, gamma, beta)
+    found = {"naive": (x.mean(axis=0), y, *naive.backward(dy, cache)[:2])}
+    for name, mod in modules.items():
+        y, mu, istd = mod.forward_train(x, gamma, beta)
+        found[name] = (mu, y, *mod.backward(dy, x, gamma, mu, istd)[:2])
+    if torch is not None:  # its batch mean is internal: none shown
+        tx, tgamma = (torch.tensor(a, requires_grad=True) for a in (x, gamma))
+        y = torch.nn.functional.batch_norm(tx, None, None, tgamma, torch.from_numpy(beta), training=True,
+                                           eps=naive.spec.eps)
+        y.backward(torch.from_numpy(dy))
+        found["torch"] = (None, y.detach().numpy(), tx.grad.numpy(), tgamma.grad.numpy())
+    return "; ".join(f"{name} " + ", ".join(f"{label} {_rel(a, b):.1e}" for label, a, b in zip(
+        ("mean", "y", "dx", "dgamma"), values, reference) if a is not None) for name, values in found.items())
 
 
 if __name__ == "__main__":
