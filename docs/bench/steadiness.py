@@ -55,17 +55,19 @@ def _chain(n, out):
         out[t] = a
 
 
-def _kernels(elements: int, dtype: np.dtype, chain_steps: int) -> dict:
+def _kernels(elements: int, dtype: np.dtype) -> tuple[dict, list]:
+    """The kernels on arrays of this size, and the chain's step count (one item, set once a copy has been timed)."""
     x = np.random.default_rng(0).standard_normal(elements).astype(dtype)
     dy, y = x[::-1].copy(), np.empty_like(x)
     lanes = np.empty(numba.get_num_threads())
+    steps = [1]
     return {
         "copy, out=": lambda: _scale(x, y),
         "copy, fresh": lambda: _scale(x, np.empty_like(x)),
         "add, out=": lambda: _add(dy, x, y),
         "add, fresh": lambda: _add(dy, x, np.empty_like(x)),
-        "compute": lambda: _chain(chain_steps, lanes),
-    }
+        "compute": lambda: _chain(steps[0], lanes),
+    }, steps
 
 
 def _timed(fn) -> float:
@@ -92,10 +94,9 @@ def main(trials: int, repeat: int) -> None:
     ratios: dict[str, list[float]] = {}
     for trial in range(trials):
         for elements, dtype in sizes:
-            probe = _kernels(elements, np.dtype(dtype), 1)
-            probe["copy, out="]()
-            copy_s = statistics.median(_timed(probe["copy, out="]) for _ in range(5))
-            kernels = _kernels(elements, np.dtype(dtype), _chain_steps(copy_s))
+            kernels, steps = _kernels(elements, np.dtype(dtype))
+            kernels["copy, out="]()
+            steps[0] = _chain_steps(statistics.median(_timed(kernels["copy, out="]) for _ in range(5)))
             for fn in kernels.values():
                 fn()  # warm: compiled, and every page of the arrays touched
             times = {name: [] for name in kernels}
