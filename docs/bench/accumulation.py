@@ -1,20 +1,29 @@
-"""What accumulating in float64 costs the NumPy backend on small float32 inputs, and what it buys.
+"""What the NumPy backend's safeguards cost on small float32 inputs, and what the float64 sums buy.
 
 The NumPy backend's statistics and sums accumulate in float64 whatever the input's dtype (`np.add.reduce(...,
-dtype=np.float64)`); the naive staged formula (symbn.bench.harness.Staged) sums float32 input in float32. Batch NC,
-per call, three versions interleaved run by run (15 runs of 300 calls):
+dtype=np.float64)`), and its small path runs each kernel under an IEEE guard (`_guarded`: an `np.errstate` that
+raises on overflow and underflow, so that such a call goes to the exact path); the naive staged formula
+(symbn.bench.harness.Staged) sums float32 input in float32 and guards nothing. Batch NC, per call, the versions
+interleaved run by run (15 runs of 300 calls):
 
 - naive: the staged formula;
 - symbn: the catalogue module in generated/;
-- float32 sums: the same module with its reductions summing in float32 and casting each sum to float64, so that
+- float32 sums: the module with its reductions summing in float32 and casting each sum to float64, so that
   everything after them runs as in the module (a copy written to a temporary directory; an experiment, not a kernel
-  symbn emits).
+  symbn emits; so are the next two);
+- shifted sums: the module with as much summed in float32 as keeps its accuracy. The forward's sum of x, in
+  float32, only picks a shift; the mean is the shift plus the float32 sum of x less the shift (small values, so a
+  large mean costs no low bits), and the squares of x less the shift are summed in float64 as in the module. One
+  float64 reduction of the forward's two becomes two float32 ones;
+- no guard: the module with its kernels run outside the IEEE guard (over- and underflow then go unnoticed).
 
-Then the error of each version's batch mean, y, dx and dgamma against the staged formula computed in float64, over
-the largest value, for x as drawn (mean 0.5) and moved to mean 1000 (spread 2): what the float64 sums buy. Where
-PyTorch is installed, its batch_norm's y, dx and dgamma are among them.
+Each timing line ends with the gap (symbn less naive) beside what the float64 sums and the guard cost in the call
+(symbn less each variant). Then the error of each version's batch mean, y, dx and dgamma against the staged formula
+computed in float64, over the largest value, for x as drawn (mean 0.5) and moved to mean 1000 (spread 2): what the
+float64 sums buy. Where PyTorch is installed, its batch_norm's y, dx and dgamma are among them. The errors are also
+taken at (4096, 16), where a float32 sum over the rows adds 4,096 values one after another.
 
-    python docs/bench/accumulation.py            # about a minute
+    python docs/bench/accumulation.py            # about 40 seconds
 """
 
 from __future__ import annotations
@@ -36,19 +45,43 @@ from symbn.codegen.store import import_path
 from symbn.core.spec import preset
 
 SHAPES = ((32, 200), (64, 512))
+ERROR_SHAPES = SHAPES + ((4096, 16),)
 # x as drawn (mean 0.5), and far from 0 beside its spread, as activations after a shift can be
 OFFSETS = (0.5, 1000.0)
 GENERATED = Path(__file__).resolve().parents[2] / "generated" / "batch_nc_numpy.py"
 
 
-def _float32_sums(folder: Path):
+# the forward's statistics pass on the path these shapes take (_forward_train_one), and what the shifted variant
+# puts in its place
+_FORWARD_SUMS = """    mu_c = np.add.reduce(xc, axis=_RED, dtype=np.float64, keepdims=True) / (M)
+    shift_c = _cast(mu_c, xb)
+    xs = xc - shift_c
+    p2_c = np.add.reduce(xs*xs, axis=_RED, dtype=np.float64, keepdims=True)
+    v0 = mu_c - shift_c
+"""
+_SHIFTED_SUMS = """    shift_c = np.add.reduce(xc, axis=_RED, keepdims=True)
+    shift_c /= M
+    xs = xc - shift_c
+    v0 = np.add.reduce(xs, axis=_RED, keepdims=True).astype(np.float64) / M
+    p2_c = np.add.reduce(xs*xs, axis=_RED, dtype=np.float64, keepdims=True)
+    mu_c = shift_c + v0
+"""
+
+# the sums in float32, then cast to float64: everything after them is computed as in the module
+_FLOAT32 = ("dtype=np.float64, keepdims=True)", "keepdims=True).astype(np.float64)")
+# the small path's kernels outside the guard's errstate (its try and except stay, and catch nothing)
+_NO_GUARD = ('    with np.errstate(over="raise", under="raise", divide="raise", invalid="raise"):', "    if True:")
+
+
+def _variant(folder: Path, name: str, *edits):
+    """A copy of the module with each (old, new) text edit made (an experiment, not a kernel symbn emits)."""
     text = GENERATED.read_text()
-    # the sums in float32, then cast to float64: everything after them is computed as in the module
-    changed = text.replace("dtype=np.float64, keepdims=True)", "keepdims=True).astype(np.float64)")
-    if changed == text:
-        raise SystemExit(f"{GENERATED}: no float64 reduction found to take out")
-    path = folder / "batch_nc_numpy_float32_sums.py"
-    path.write_text(changed)
+    for old, new in edits:
+        if old not in text:
+            raise SystemExit(f"{GENERATED}: {old.strip().splitlines()[0]!r} not found; update {Path(__file__).name}")
+        text = text.replace(old, new)
+    path = folder / f"batch_nc_numpy_{name}.py"
+    path.write_text(text)
     return import_path(path, trust=True)  # edited here, on purpose
 
 
@@ -56,16 +89,21 @@ def _rel(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
 
 
+def _data(shape):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    return x, dy, np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
+
+
 def main(runs: int = 15, calls: int = 300) -> None:
-    m = import_path(GENERATED)
     naive = Staged(preset("batch", "NC"))
     with tempfile.TemporaryDirectory() as folder:
-        m32 = _float32_sums(Path(folder))
+        modules = {"symbn": import_path(GENERATED), "float32 sums": _variant(Path(folder), "float32", _FLOAT32),
+                   "shifted sums": _variant(Path(folder), "shifted", (_FORWARD_SUMS, _SHIFTED_SUMS)),
+                   "no guard": _variant(Path(folder), "unguarded", _NO_GUARD)}
         for shape in SHAPES:
-            rng = np.random.default_rng(0)
-            x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
-            dy = rng.standard_normal(shape).astype(np.float32)
-            gamma, beta = np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
+            x, dy, gamma, beta = _data(shape)
             running = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)
 
             def module(mod):
@@ -83,7 +121,7 @@ def main(runs: int = 15, calls: int = 300) -> None:
                                   "backward": lambda: naive.backward(dy, cache),
                                   "forward+backward": lambda: naive.backward(
                                       dy, naive.forward_train(x, gamma, beta, running=running)[1])},
-                        "symbn": module(m), "float32 sums": module(m32)}
+                        **{name: module(mod) for name, mod in modules.items()}}
             for kind in ("forward", "backward", "forward+backward"):
                 times = {name: [] for name in versions}
                 for _ in range(runs):
@@ -95,12 +133,16 @@ def main(runs: int = 15, calls: int = 300) -> None:
                         times[name].append((time.perf_counter() - t) / calls)
                 med = {name: statistics.median(t) * 1e6 for name, t in times.items()}
                 print(f"{shape} float32 {kind}: " + ", ".join(f"{n} {v:.1f} us" for n, v in med.items())
-                      + f"; naive/symbn {med['naive'] / med['symbn']:.2f}x, naive/float32 sums "
-                      f"{med['naive'] / med['float32 sums']:.2f}x", flush=True)
+                      + "; naive/" + ", naive/".join(f"{n} {med['naive'] / med[n]:.2f}x" for n in modules)
+                      + f"; gap {med['symbn'] - med['naive']:+.1f} us, float64 sums "
+                      f"{med['symbn'] - med['float32 sums']:+.1f} us, guard {med['symbn'] - med['no guard']:+.1f} us",
+                      flush=True)
+        for shape in ERROR_SHAPES:
+            x, dy, gamma, beta = _data(shape)
             for offset in OFFSETS:
                 print(f"{shape} float32, x = {offset} + 2 N(0, 1), error over the largest value against float64: "
-                      + _errors(naive, {"symbn": m, "float32 sums": m32}, x - x.mean() + np.float32(offset), dy,
-                                gamma, beta), flush=True)
+                      + _errors(naive, {n: m for n, m in modules.items() if n != "no guard"},  # the same bits as symbn here
+                                x - x.mean() + np.float32(offset), dy, gamma, beta), flush=True)
 
 
 def _errors(naive, modules, x, dy, gamma, beta) -> str:
