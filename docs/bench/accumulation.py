@@ -18,7 +18,9 @@ interleaved run by run (15 runs of 300 calls):
 - no guard: the module with its kernels run outside the IEEE guard (over- and underflow then go unnoticed).
 
 Each timing line ends with the gap (symbn less naive) beside what the float64 sums and the guard cost in the call
-(symbn less each variant). Then the error of each version's batch mean, y, dx and dgamma against the staged formula
+(symbn less each variant). The last timing per shape, *forward arithmetic alone*, sets the naive forward without
+running statistics beside each version's generated forward pass called directly (`_forward_train_one`: no checks,
+no guard, no running statistics): what the arithmetic costs before any safeguard. Then the error of each version's batch mean, y, dx and dgamma against the staged formula
 computed in float64, over the largest value, for x as drawn (mean 0.5) and moved to mean 1000 (spread 2): what the
 float64 sums buy. Where PyTorch is installed, its batch_norm's y, dx and dgamma are among them. The errors are also
 taken at (4096, 16), where a float32 sum over the rows adds 4,096 values one after another.
@@ -49,6 +51,8 @@ ERROR_SHAPES = SHAPES + ((4096, 16),)
 # x as drawn (mean 0.5), and far from 0 beside its spread, as activations after a shift can be
 OFFSETS = (0.5, 1000.0)
 GENERATED = Path(__file__).resolve().parents[2] / "generated" / "batch_nc_numpy.py"
+# the naive forward without running statistics beside each module's forward arithmetic alone
+ARITHMETIC = "forward arithmetic alone"
 
 
 # the forward's statistics pass on the path these shapes take (_forward_train_one), and what the shifted variant
@@ -106,6 +110,8 @@ def main(runs: int = 15, calls: int = 300) -> None:
             x, dy, gamma, beta = _data(shape)
             running = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)
 
+            y = np.empty_like(x)
+
             def module(mod):
                 def forward():
                     return mod.forward_train(x, gamma, beta, *running)
@@ -114,35 +120,45 @@ def main(runs: int = 15, calls: int = 300) -> None:
                     return mod.backward(dy, x, gamma, saved[1], saved[2])
 
                 return {"forward": forward, "backward": backward,
-                        "forward+backward": lambda: mod.backward(dy, x, gamma, *forward()[1:])}
+                        "forward+backward": lambda: mod.backward(dy, x, gamma, *forward()[1:]),
+                        # the generated forward pass these shapes take, called directly: no checks, no guard, no
+                        # running statistics
+                        ARITHMETIC: lambda: mod._forward_train_one(x, gamma, beta, naive.spec.eps, y)}
 
             cache = naive.forward_train(x, gamma, beta)[1]
             versions = {"naive": {"forward": lambda: naive.forward_train(x, gamma, beta, running=running),
                                   "backward": lambda: naive.backward(dy, cache),
                                   "forward+backward": lambda: naive.backward(
-                                      dy, naive.forward_train(x, gamma, beta, running=running)[1])},
+                                      dy, naive.forward_train(x, gamma, beta, running=running)[1]),
+                                  ARITHMETIC: lambda: naive.forward_train(x, gamma, beta)},
                         **{name: module(mod) for name, mod in modules.items()}}
-            for kind in ("forward", "backward", "forward+backward"):
-                times = {name: [] for name in versions}
-                for _ in range(runs):
-                    for name, calls_of in versions.items():
-                        f = calls_of[kind]
-                        t = time.perf_counter()
-                        for _ in range(calls):
-                            f()
-                        times[name].append((time.perf_counter() - t) / calls)
-                med = {name: statistics.median(t) * 1e6 for name, t in times.items()}
-                print(f"{shape} float32 {kind}: " + ", ".join(f"{n} {v:.1f} us" for n, v in med.items())
-                      + "; naive/" + ", naive/".join(f"{n} {med['naive'] / med[n]:.2f}x" for n in modules)
-                      + f"; gap {med['symbn'] - med['naive']:+.1f} us, float64 sums "
-                      f"{med['symbn'] - med['float32 sums']:+.1f} us, guard {med['symbn'] - med['no guard']:+.1f} us",
-                      flush=True)
+            for kind in ("forward", "backward", "forward+backward", ARITHMETIC):
+                med = _medians({name: calls_of[kind] for name, calls_of in versions.items()}, runs, calls)
+                line = (f"{shape} float32 {kind}: " + ", ".join(f"{n} {v:.1f} us" for n, v in med.items())
+                        + "; naive/" + ", naive/".join(f"{n} {med['naive'] / med[n]:.2f}x" for n in modules))
+                if kind != ARITHMETIC:
+                    line += (f"; gap {med['symbn'] - med['naive']:+.1f} us, float64 sums "
+                             f"{med['symbn'] - med['float32 sums']:+.1f} us, guard "
+                             f"{med['symbn'] - med['no guard']:+.1f} us")
+                print(line, flush=True)
         for shape in ERROR_SHAPES:
             x, dy, gamma, beta = _data(shape)
             for offset in OFFSETS:
                 print(f"{shape} float32, x = {offset} + 2 N(0, 1), error over the largest value against float64: "
                       + _errors(naive, {n: m for n, m in modules.items() if n != "no guard"},  # the same bits as symbn here
                                 x - x.mean() + np.float32(offset), dy, gamma, beta), flush=True)
+
+
+def _medians(calls_of, runs, calls):
+    """Median seconds per call of each callable, in us, timed round by round in turn."""
+    times = {name: [] for name in calls_of}
+    for _ in range(runs):
+        for name, f in calls_of.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                f()
+            times[name].append((time.perf_counter() - t) / calls)
+    return {name: statistics.median(t) * 1e6 for name, t in times.items()}
 
 
 def _errors(naive, modules, x, dy, gamma, beta) -> str:
