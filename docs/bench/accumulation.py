@@ -23,7 +23,9 @@ running statistics beside each version's generated forward pass called directly 
 no guard, no running statistics): what the arithmetic costs before any safeguard. Then the error of each version's batch mean, y, dx and dgamma against the staged formula
 computed in float64, over the largest value, for x as drawn (mean 0.5) and moved to mean 1000 (spread 2): what the
 float64 sums buy. Where PyTorch is installed, its batch_norm's y, dx and dgamma are among them. The errors are also
-taken at (4096, 16), where a float32 sum over the rows adds 4,096 values one after another.
+taken at (4096, 16), where a float32 sum over the rows adds 4,096 values one after another. And what the guard buys:
+y's error with and without it where a float32 product overflows (x near 1e19) or underflows (x near 1e-22, with
+eps 1e-45).
 
     python docs/bench/accumulation.py            # about 40 seconds
 """
@@ -141,12 +143,30 @@ def main(runs: int = 15, calls: int = 300) -> None:
                              f"{med['symbn'] - med['float32 sums']:+.1f} us, guard "
                              f"{med['symbn'] - med['no guard']:+.1f} us")
                 print(line, flush=True)
+        _guard_errors(modules["symbn"], modules["no guard"])
         for shape in ERROR_SHAPES:
             x, dy, gamma, beta = _data(shape)
             for offset in OFFSETS:
                 print(f"{shape} float32, x = {offset} + 2 N(0, 1), error over the largest value against float64: "
                       + _errors(naive, {n: m for n, m in modules.items() if n != "no guard"},  # the same bits as symbn here
                                 x - x.mean() + np.float32(offset), dy, gamma, beta), flush=True)
+
+
+def _guard_errors(guarded, unguarded) -> None:
+    """What the guard buys: y at (32, 200) float32 where a product in float32 overflows (|x| near 1e19) or
+    underflows (|x| near 1e-22 with eps 1e-45), against the formula in float64, with and without the guard."""
+    base = np.random.default_rng(0).standard_normal((32, 200))
+    gamma, beta = np.ones(200, np.float32), np.zeros(200, np.float32)
+    for scale, eps in ((1e19, 1e-5), (1e-22, 1e-45)):
+        x = (base * scale).astype(np.float32)
+        wide = x.astype(np.float64)
+        reference = (wide - wide.mean(axis=0)) / np.sqrt(wide.var(axis=0) + eps)
+        found = {}
+        for name, mod in (("symbn", guarded), ("no guard", unguarded)):
+            with np.errstate(all="ignore"):  # the unguarded copy warns on what it gets wrong
+                found[name] = _rel(mod.forward_train(x, gamma, beta, eps=eps)[0], reference)
+        print(f"(32, 200) float32, x = {scale:g} N(0, 1), eps {eps:g}, y's error over the largest value against "
+              f"float64: " + ", ".join(f"{name} {err:.1e}" for name, err in found.items()), flush=True)
 
 
 def _medians(calls_of, runs, calls):
