@@ -111,7 +111,6 @@ def main(runs: int = 15, calls: int = 300) -> None:
         for shape in SHAPES:
             x, dy, gamma, beta = _data(shape)
             running = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)
-
             y = np.empty_like(x)
 
             def module(mod):
@@ -170,7 +169,7 @@ def _guard_errors(guarded, unguarded) -> None:
 
 
 def _medians(calls_of, runs, calls):
-    """Median seconds per call of each callable, in us, timed round by round in turn."""
+    """Each callable's median time per call in us, the callables timed in turn round by round."""
     times = {name: [] for name in calls_of}
     for _ in range(runs):
         for name, f in calls_of.items():
